@@ -1,0 +1,106 @@
+"""The model artefact: what ``/opt/ml/model`` holds and serving loads.
+
+Two files and nothing else: ``model.pt`` (a plain state dict, loadable with
+``torch.load(..., weights_only=True)``) and ``model.json`` (architecture, input size,
+decision threshold, classes, training-data statistics). Loading needs only this module
+and ``model.py``, never the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dagm_defects.model import ModelConfig, SegDecNet, build_model
+
+WEIGHTS_FILE = "model.pt"
+METADATA_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(RuntimeError):
+    """A model directory that cannot be served; the message says what is wrong."""
+
+
+@dataclass
+class Artifact:
+    model: SegDecNet
+    metadata: dict
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata["threshold"])
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_artifact(
+    model_dir: str | Path,
+    model: SegDecNet,
+    threshold: float,
+    classes: list[int],
+    training_statistics: dict,
+    extra: dict | None = None,
+) -> Path:
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(model_dir / WEIGHTS_FILE, lambda p: torch.save(state, p))
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "architecture": "segdecnet",
+        "model_config": model.config.to_dict(),
+        "input": {"height": model.config.image_size, "width": model.config.image_size,
+                  "channels": 1, "dtype": "uint8", "resize": "bilinear"},
+        "threshold": float(threshold),
+        "classes": [int(c) for c in classes],
+        "training_statistics": training_statistics,
+        **(extra or {}),
+    }
+    _atomic_write(
+        model_dir / METADATA_FILE,
+        lambda p: p.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n"),
+    )
+    return model_dir
+
+
+def load_artifact(model_dir: str | Path, map_location: str | torch.device = "cpu") -> Artifact:
+    model_dir = Path(model_dir)
+    weights, meta_path = model_dir / WEIGHTS_FILE, model_dir / METADATA_FILE
+    missing = [p.name for p in (weights, meta_path) if not p.is_file()]
+    if missing:
+        raise ArtifactError(f"model directory {model_dir} lacks {', '.join(missing)}")
+    try:
+        metadata = json.loads(meta_path.read_text())
+        config = ModelConfig.from_dict(metadata["model_config"])
+        float(metadata["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{meta_path} is not valid model metadata: {exc}") from None
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{meta_path} has format_version {metadata.get('format_version')}, "
+            f"this code reads {FORMAT_VERSION}"
+        )
+    try:
+        state = torch.load(weights, map_location=map_location, weights_only=True)
+        model = build_model(config)
+        model.load_state_dict(state)
+    except Exception as exc:  # any unpickling or shape error means the same thing
+        raise ArtifactError(f"{weights} cannot be loaded as weights for {config}: {exc}") from None
+    return Artifact(model=model.eval(), metadata=metadata)

@@ -1,0 +1,123 @@
+"""Decode a list of samples into in-memory arrays at the model's input size.
+
+Decoding once, in parallel, keeps the training loop fed from memory: the data pipeline
+must never be what the GPU or CPU waits on. Every decode problem of the whole set is
+collected and raised together.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dagm_defects.data.reader import DatasetError, Sample
+from dagm_defects.imaging import ImageDecodeError, decode_gray, resize_mask, resize_square
+from dagm_defects.progress import Progress
+
+
+@dataclass
+class ArraySet:
+    """Images (N x S x S uint8), masks (N x S x S, 0/1) and labels of a set of samples."""
+
+    samples: list[Sample]
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    class_ids: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, indices: np.ndarray) -> "ArraySet":
+        indices = np.asarray(indices, dtype=np.int64)
+        return ArraySet(
+            [self.samples[i] for i in indices],
+            self.images[indices],
+            self.masks[indices],
+            self.labels[indices],
+            self.class_ids[indices],
+            list(self.notes),
+        )
+
+
+def _decode_one(sample: Sample, size: int):
+    problems, notes = [], []
+    try:
+        image, note = decode_gray(sample.image_path)
+        if note:
+            notes.append(f"{sample.key}: {note}")
+    except ImageDecodeError as exc:
+        return None, None, [f"{sample.key}: {exc}"], notes
+    mask = np.zeros((size, size), dtype=np.uint8)
+    if sample.mask_path is not None:
+        try:
+            full_mask, _ = decode_gray(sample.mask_path)
+        except ImageDecodeError as exc:
+            problems.append(f"{sample.key} mask: {exc}")
+        else:
+            if full_mask.shape != image.shape:
+                problems.append(
+                    f"{sample.key}: mask {sample.mask_path.name} is "
+                    f"{full_mask.shape[1]}x{full_mask.shape[0]} but the image is "
+                    f"{image.shape[1]}x{image.shape[0]}"
+                )
+            else:
+                mask = resize_mask(full_mask, size)
+    return resize_square(image, size), mask, problems, notes
+
+
+def _decode_chunk(args):
+    samples, size = args
+    return [_decode_one(s, size) for s in samples]
+
+
+def load_arrays(
+    samples: list[Sample],
+    size: int,
+    root: str = "dataset",
+    label: str = "decode",
+    workers: int | None = None,
+    chunk: int = 64,
+) -> ArraySet:
+    """Decode every sample (in `workers` processes) or raise DatasetError with all problems."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    chunks = [samples[i : i + chunk] for i in range(0, len(samples), chunk)]
+    images = np.zeros((len(samples), size, size), dtype=np.uint8)
+    masks = np.zeros((len(samples), size, size), dtype=np.uint8)
+    problems: list[str] = []
+    notes: list[str] = []
+    progress = Progress(label, len(samples))
+
+    def collect(results) -> None:
+        index = 0
+        for chunk_result in results:
+            for image, mask, item_problems, item_notes in chunk_result:
+                problems.extend(item_problems)
+                notes.extend(item_notes)
+                if image is not None:
+                    images[index] = image
+                    masks[index] = mask
+                index += 1
+            progress.advance(len(chunk_result))
+
+    work = ((c, size) for c in chunks)
+    if workers == 1 or len(chunks) <= 1:
+        collect(map(_decode_chunk, work))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            collect(pool.map(_decode_chunk, work))
+    progress.done()
+    if problems:
+        raise DatasetError(root, problems)
+    return ArraySet(
+        samples=samples,
+        images=images,
+        masks=masks,
+        labels=np.array([s.defective for s in samples], dtype=np.int64),
+        class_ids=np.array([s.class_id for s in samples], dtype=np.int64),
+        notes=notes,
+    )

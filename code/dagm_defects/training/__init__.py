@@ -1,0 +1,1 @@
+"""The SageMaker training entry: settings, data split, loop, checkpoints, artefact."""

@@ -1,0 +1,161 @@
+"""Training hyperparameters: parsed and validated once, into a typed object.
+
+SageMaker hands every value over as a string, and the SDK JSON-encodes them, so both
+``"0.1"`` and ``"\\"0.1\\""`` arrive (the toolkit strips one JSON layer before we see
+them). Each field says what it accepts; a bad value fails with the key and the
+expected form, an unknown key with the closest known one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+ALL_CLASSES = tuple(range(1, 11))
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter that is unknown or does not have the expected form."""
+
+
+def _text(value: Any) -> str:
+    # Strip any JSON string layers the SDK added ("\"5\"" -> "5").
+    while isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            break
+        if decoded == value or isinstance(decoded, (dict, type(None))):
+            break
+        value = decoded
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        text = _text(value).strip()
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            raise ValueError
+        return number
+
+    parse.expected = f"a whole number >= {low}" + (f" and <= {high}" if high is not None else "")
+    return parse
+
+
+def _real(low: float, high: float, low_open: bool = False) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        number = float(_text(value).strip())
+        if number != number or number > high or number < low or (low_open and number == low):
+            raise ValueError
+        return number
+
+    parse.expected = f"a number {'>' if low_open else '>='} {low:g} and <= {high:g}"
+    return parse
+
+
+def _classes(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        text = _text(value).strip().strip("[]")
+        if text.lower() == "all":
+            return None
+        items = [part for part in text.replace(" ", ",").split(",") if part]
+    chosen = sorted({int(item) for item in items})
+    if not chosen or any(c not in ALL_CLASSES for c in chosen):
+        raise ValueError
+    return tuple(chosen)
+
+
+_classes.expected = '"all" or a comma-separated list of class numbers 1..10, e.g. "1,3,7"'
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value).strip().lower()
+        if text not in options:
+            raise ValueError
+        return text
+
+    parse.expected = "one of " + ", ".join(f'"{o}"' for o in options)
+    return parse
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "epochs": _integer(1, 10_000),
+    "batch_size": _integer(1, 4096),
+    "learning_rate": _real(0.0, 10.0, low_open=True),
+    "image_size": _integer(64, 4096),
+    "classes": _classes,
+    "seed": _integer(0),
+    "width": _real(0.01, 4.0),
+    "depth": _real(0.25, 4.0),
+    "validation_fraction": _real(0.0, 0.9, low_open=True),
+    "processes_per_host": _integer(0, 64),
+    "amp": _choice("auto", "true", "false"),
+    "data_workers": _integer(0, 64),
+}
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    image_size: int = 256
+    # None: every class the train channel holds.
+    classes: tuple[int, ...] | None = None
+    seed: int = 0
+    width: float = 0.125
+    depth: float = 1.0
+    validation_fraction: float = 0.2
+    # 0 means one process per GPU, or one on a CPU-only host.
+    processes_per_host: int = 0
+    # "auto" uses bf16 autocast on CUDA and full precision on the CPU.
+    amp: str = "auto"
+    # 0 means min(4, CPUs) processes for decoding the dataset once into memory.
+    data_workers: int = 0
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _is_platform_key(key: str) -> bool:
+    # SageMaker adds these (sagemaker_program, _tuning_objective_metric, ...).
+    return key.startswith(("sagemaker_", "_"))
+
+
+def parse_hyperparameters(raw: dict[str, Any]) -> Hyperparameters:
+    """Build Hyperparameters from the job's values, or raise one error naming every bad key."""
+    problems = []
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if _is_platform_key(key):
+            continue
+        parser = _PARSERS.get(key)
+        if parser is None:
+            close = difflib.get_close_matches(key, _PARSERS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(
+                f"unknown hyperparameter '{key}'{hint}; known: {', '.join(sorted(_PARSERS))}"
+            )
+            continue
+        try:
+            values[key] = parser(value)
+        except (ValueError, TypeError):
+            problems.append(
+                f"hyperparameter '{key}' must be {parser.expected}, got {json.dumps(value)}"
+            )
+    if "image_size" in values and values["image_size"] % 32:
+        problems.append(
+            f"hyperparameter 'image_size' must be a multiple of 32, got {values['image_size']}"
+        )
+    if problems:
+        raise HyperparameterError("; ".join(problems))
+    return Hyperparameters(**values)

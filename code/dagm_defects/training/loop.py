@@ -1,0 +1,161 @@
+"""One epoch of training and batched prediction over in-memory arrays.
+
+The arrays are already decoded at the model's input size, so a batch is an index into
+memory plus random flips: the loop is never waiting on image files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from dagm_defects.data.arrays import ArraySet
+from dagm_defects.model import DOWNSAMPLE
+from dagm_defects.training.stop import StopFlag
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where and how tensors run: bf16 autocast and channels-last only on CUDA."""
+
+    device: torch.device
+    amp: bool
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def images(self, batch: torch.Tensor) -> torch.Tensor:
+        # uint8 crosses to the GPU (4x less than float32); the model converts it there.
+        batch = batch.to(self.device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+
+def batches(
+    arrays: ArraySet,
+    indices: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(images N x 1 x S x S uint8, masks N x 1 x S x S uint8, labels N float); random
+    horizontal and vertical flips when `rng` is given."""
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        images, masks = arrays.images[idx], arrays.masks[idx]
+        if rng is not None:
+            for axis in (1, 2):
+                flip = rng.random(len(idx)) < 0.5
+                images[flip] = np.flip(images[flip], axis=axis)
+                masks[flip] = np.flip(masks[flip], axis=axis)
+        yield (
+            torch.from_numpy(images).unsqueeze(1),
+            torch.from_numpy(masks).unsqueeze(1),
+            torch.from_numpy(arrays.labels[idx]).float(),
+        )
+
+
+def segmentation_target(masks: torch.Tensor) -> torch.Tensor:
+    # Max-pooling keeps a thin scratch visible at the 1/8 resolution the head predicts.
+    return F.max_pool2d(masks.float(), DOWNSAMPLE)
+
+
+def mixed_loss(seg_logits, dec_logits, masks, labels, seg_pos_weight: float):
+    """Segmentation loss on every image (good images have an all-zero mask) plus the
+    image-level decision loss. The gradient stop inside the model keeps the two from
+    competing, so a plain sum trains both heads."""
+    seg = F.binary_cross_entropy_with_logits(
+        seg_logits.float(),
+        segmentation_target(masks),
+        pos_weight=torch.tensor(seg_pos_weight, device=seg_logits.device),
+    )
+    dec = F.binary_cross_entropy_with_logits(dec_logits.float(), labels)
+    return seg + dec, seg.detach(), dec.detach()
+
+
+def seg_pos_weight(arrays: ArraySet) -> float:
+    """Weight of defect pixels in the segmentation loss, from their rarity (capped)."""
+    target = segmentation_target(torch.from_numpy(arrays.masks[arrays.labels == 1]).unsqueeze(1))
+    positive = float(target.sum())
+    total = target.numel() * max(1, len(arrays)) / max(1, int(arrays.labels.sum()))
+    return float(np.clip((total - positive) / max(positive, 1.0), 1.0, 20.0))
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    seg_loss: float
+    dec_loss: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_sec(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+def _any_rank_stopping(stop: StopFlag, device: torch.device) -> bool:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return stop.requested
+    # Every rank must leave at the same step, or the others hang in the next all-reduce.
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def train_one_epoch(
+    model,
+    optimizer,
+    arrays: ArraySet,
+    indices: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    device: Device,
+    pos_weight: float,
+    stop: StopFlag,
+) -> EpochStats:
+    model.train()
+    started = time.perf_counter()
+    totals = np.zeros(3)
+    seen = 0
+    for images, masks, labels in batches(arrays, indices, batch_size, rng):
+        if _any_rank_stopping(stop, device.device):
+            break
+        images = device.images(images)
+        masks, labels = masks.to(device.device), labels.to(device.device)
+        with device.autocast():
+            seg_logits, dec_logits = model(images)
+        loss, seg, dec = mixed_loss(seg_logits, dec_logits, masks, labels, pos_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(labels)
+        totals += n * np.array([loss.item(), seg.item(), dec.item()])
+        seen += n
+    mean = totals / max(seen, 1)
+    return EpochStats(*mean.tolist(), images=seen, seconds=time.perf_counter() - started)
+
+
+@torch.no_grad()
+def predict_arrays(model, arrays: ArraySet, batch_size: int, device: Device) -> tuple[np.ndarray, np.ndarray]:
+    """Defect probabilities (N) and segmentation probability maps (N x S/8 x S/8)."""
+    model.eval()
+    scores, maps = [], []
+    for images, _, _ in batches(arrays, np.arange(len(arrays)), batch_size):
+        with device.autocast():
+            seg_logits, dec_logits = model(device.images(images))
+        scores.append(torch.sigmoid(dec_logits.float()).cpu().numpy())
+        maps.append(torch.sigmoid(seg_logits.float()).squeeze(1).cpu().numpy())
+    if not scores:
+        return np.zeros(0), np.zeros((0, 1, 1))
+    return np.concatenate(scores), np.concatenate(maps)

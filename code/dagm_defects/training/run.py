@@ -1,0 +1,171 @@
+"""One training run, top to bottom: data, model, resume, epochs, threshold, artefact,
+evaluation. Runs the same in one process or as one rank of a torchrun job."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from dagm_defects.artifact import save_artifact
+from dagm_defects.evaluation import metrics
+from dagm_defects.evaluation.report import write_report
+from dagm_defects.imaging import image_statistics, summarize_statistics
+from dagm_defects.model import ModelConfig, build_model
+from dagm_defects.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from dagm_defects.training.data import DataSplits, prepare_data
+from dagm_defects.training.loop import (
+    Device,
+    predict_arrays,
+    seg_pos_weight,
+    train_one_epoch,
+)
+from dagm_defects.training.settings import TrainingSettings
+from dagm_defects.training.stop import StopFlag, StopRequested
+
+
+def _log(**tokens) -> None:
+    """Metrics as stable `name=value` tokens, which CloudWatch MetricDefinitions match."""
+    parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in tokens.items()]
+    print(" ".join(parts), flush=True)
+
+
+def _select_device(settings: TrainingSettings, local_rank: int) -> Device:
+    amp = settings.hyperparameters.amp
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return Device(torch.device("cuda", local_rank), amp in ("auto", "true"))
+    return Device(torch.device("cpu"), amp == "true")
+
+
+def _training_statistics(splits: DataSplits) -> dict:
+    train = splits.train
+    per_image = image_statistics(train.images)
+    return {
+        "overall": summarize_statistics(per_image),
+        "per_class": {
+            str(c): summarize_statistics({k: v[train.class_ids == c] for k, v in per_image.items()})
+            for c in splits.classes
+        },
+        "defective_share": float(train.labels.mean()) if len(train) else 0.0,
+    }
+
+
+def _epoch_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> np.ndarray:
+    # The same permutation on every rank, then equal disjoint shards: no rank waits.
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    per_rank = len(order) // world
+    return order[rank * per_rank : (rank + 1) * per_rank] if world > 1 else order
+
+
+def _checksum(model) -> float:
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict | None:
+    hp = settings.hyperparameters
+    torch.manual_seed(hp.seed)
+    device = _select_device(settings, local_rank)
+    leader = rank == 0
+    workers = hp.data_workers or min(4, settings.num_cpus)
+    _log(event="start", device=device.device.type, amp=device.amp, world_size=world,
+         rank=rank, hyperparameters=json.dumps(hp.to_dict(), separators=(",", ":")))
+
+    splits = prepare_data(settings, workers)
+    for note in splits.train.notes[:5]:
+        print(f"note: {note}", flush=True)
+    _log(event="data", classes=",".join(map(str, splits.classes)), train_images=len(splits.train),
+         train_defective=int(splits.train.labels.sum()), validation_images=len(splits.validation),
+         test_images=len(splits.test), test_source=json.dumps(splits.test_source))
+
+    config = ModelConfig(width=hp.width, depth=hp.depth, image_size=hp.image_size)
+    model = build_model(config).to(device.device)
+    if device.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp.learning_rate)
+    identity = {"model_config": config.to_dict(), "classes": splits.classes}
+    state = load_checkpoint(settings.checkpoint_dir, model, optimizer, identity) or TrainingState()
+    if state.epochs_done:
+        _log(event="resumed", epochs_done=state.epochs_done, checkpoint=settings.checkpoint_dir)
+    net = DistributedDataParallel(model) if world > 1 else model
+
+    pos_weight = seg_pos_weight(splits.train)
+    started = time.monotonic()
+    for epoch in range(state.epochs_done, hp.epochs):
+        rng = np.random.default_rng([hp.seed, epoch, rank])
+        indices = _epoch_indices(len(splits.train), epoch, hp.seed, rank, world)
+        stats = train_one_epoch(net, optimizer, splits.train, indices, hp.batch_size, rng,
+                                device, pos_weight, stop)
+        if stop.requested:
+            where = "not saved (only rank 0 saves)"
+            if leader:
+                where = str(save_checkpoint(settings.checkpoint_dir, model, optimizer, state, identity))
+            raise StopRequested(
+                f"stopped by {stop.signal_name or 'request'} during epoch {epoch + 1}/{hp.epochs}; "
+                f"checkpoint with {state.epochs_done} finished epoch(s) saved to {where}; "
+                f"a restarted job resumes from it"
+            )
+        val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
+        val = metrics.summarize(splits.validation.labels, val_scores, splits.validation.class_ids, 0.5)["overall"]
+        state.epochs_done = epoch + 1
+        record = {"epoch": epoch + 1, "train_loss": stats.loss, "seg_loss": stats.seg_loss,
+                  "dec_loss": stats.dec_loss, "val_ap": val["ap"], "val_auroc": val["auroc"],
+                  "val_accuracy": val["accuracy"]}
+        state.history.append(record)
+        _log(epoch=epoch + 1, epochs=hp.epochs, train_loss=stats.loss, seg_loss=stats.seg_loss,
+             dec_loss=stats.dec_loss, val_ap=_num(val["ap"]), val_auroc=_num(val["auroc"]),
+             val_accuracy=_num(val["accuracy"]), train_images_per_sec=stats.images_per_sec * world,
+             elapsed_s=time.monotonic() - started)
+        if leader:
+            save_checkpoint(settings.checkpoint_dir, model, optimizer, state, identity)
+
+    _log(event="finished", rank=rank, world_size=world, params_checksum=f"{_checksum(model):.6f}")
+    if not leader:
+        return None
+    return _finish(settings, model, splits, device, state)
+
+
+def _num(value) -> float | str:
+    return "nan" if value is None else float(value)
+
+
+def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Device, state: TrainingState) -> dict:
+    hp = settings.hyperparameters
+    val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
+    threshold = metrics.choose_threshold(splits.validation.labels, val_scores)
+    validation = metrics.summarize(splits.validation.labels, val_scores, splits.validation.class_ids, threshold)
+
+    test = splits.test
+    scores, seg_maps = predict_arrays(model, test, hp.batch_size, device)
+    summary = write_report(settings.output_data_dir, test.labels, scores, test.class_ids, threshold,
+                           test.images, test.masks, seg_maps, [s.key for s in test.samples],
+                           splits.test_source)
+    save_artifact(
+        settings.model_dir,
+        model,
+        threshold=threshold,
+        classes=splits.classes,
+        training_statistics=_training_statistics(splits),
+        extra={
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "hyperparameters": hp.to_dict(),
+            "validation": {k: validation["overall"][k] for k in ("ap", "auroc", "accuracy")},
+            "test": {k: summary["overall"][k] for k in ("ap", "auroc", "accuracy")},
+            "epochs": state.epochs_done,
+        },
+    )
+    overall = summary["overall"]
+    _log(event="evaluation", threshold=threshold, test_ap=_num(overall["ap"]), test_auroc=_num(overall["auroc"]),
+         test_accuracy=_num(overall["accuracy"]), test_precision=_num(overall["precision"]),
+         test_recall=_num(overall["recall"]))
+    for cls, block in summary["per_class"].items():
+        _log(**{"class": cls, "test_ap": _num(block["ap"]), "test_auroc": _num(block["auroc"]),
+                "test_accuracy": _num(block["accuracy"]), "n": block["n"], "n_defective": block["n_defective"]})
+    return summary
