@@ -37,9 +37,13 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, str | None]:
     return np.asarray(image.convert("L"), dtype=np.uint8), f"converted {mode} to grayscale"
 
 
-def decode_gray(source: bytes | Path | str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str | None]:
-    """Decode PNG/JPEG/... bytes or a file into an 8-bit HxW array and a conversion note."""
-    where = "image bytes" if isinstance(source, bytes) else str(source)
+def decode_gray(
+    source: bytes | Path | str, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, str | None]:
+    """Decode PNG/JPEG/... bytes or a file into an 8-bit HxW array and a conversion note.
+
+    Errors name the image as `name` (default: the path, or "image bytes")."""
+    where = name or ("image bytes" if isinstance(source, bytes) else str(source))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -54,8 +58,10 @@ def decode_gray(source: bytes | Path | str, max_pixels: int = MAX_PIXELS) -> tup
                 return _to_gray(image)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{where}: not a decodable image ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{where}: not a decodable image (unrecognised or corrupt format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{where}: refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{where}: corrupt or truncated image ({exc})") from None
 

@@ -47,17 +47,17 @@ class ArraySet:
 def _decode_one(sample: Sample, size: int):
     problems, notes = [], []
     try:
-        image, note = decode_gray(sample.image_path)
+        image, note = decode_gray(sample.image_path, sample.key)
         if note:
             notes.append(f"{sample.key}: {note}")
     except ImageDecodeError as exc:
-        return None, None, [f"{sample.key}: {exc}"], notes
+        return None, None, [str(exc)], notes
     mask = np.zeros((size, size), dtype=np.uint8)
     if sample.mask_path is not None:
         try:
-            full_mask, _ = decode_gray(sample.mask_path)
+            full_mask, _ = decode_gray(sample.mask_path, f"{sample.key} mask {sample.mask_path.name}")
         except ImageDecodeError as exc:
-            problems.append(f"{sample.key} mask: {exc}")
+            problems.append(str(exc))
         else:
             if full_mask.shape != image.shape:
                 problems.append(
