@@ -21,7 +21,7 @@ SIZE = 128
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def test_layout_and_summary(generated):
         rows, problems = parse_labels((d / "Label" / "Labels.txt").read_text())
         assert problems == []
         bad = {r.number for r in rows if r.defective}
-        assert sorted(p.name for p in d.iterdir() if p.is_file()) == [f"{i:04d}.PNG" for i in range(1, N + 1)]
+        images = sorted(p.name for p in d.iterdir() if p.is_file())
+        assert images == [f"{i:04d}.PNG" for i in range(1, N + 1)]
         assert sorted(p.name for p in (d / "Label").iterdir()) == sorted(
             ["Labels.txt", *(f"{n}_label.PNG" for n in bad)]
         )
@@ -88,7 +89,8 @@ def test_images_and_masks(generated):
                     mask = np.asarray(m)
                 assert set(np.unique(mask)) == {0, 255}
                 # the ellipse is whole: it never touches the border
-                assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+                border = (mask[0], mask[-1], mask[:, 0], mask[:, -1])
+                assert not any(edge.any() for edge in border)
             else:
                 assert row.mask is None and not (d / "Label" / f"{row.number}_label.PNG").exists()
 
@@ -169,6 +171,7 @@ def test_rendered_mask_is_the_ellipse():
 def test_defect_changes_the_masked_region():
     """A defect shows: inside the mask the image departs from the texture's statistics."""
     size = 256
+    tails = [0.5, 99.5]
     for cls in synthetic.ALL_CLASSES:
         shifts = []
         for number in range(1, 9):
@@ -182,7 +185,7 @@ def test_defect_changes_the_masked_region():
                 max(
                     abs(inside.mean() - outside.mean()) / outside.std(),
                     abs(math.log(inside.std() / outside.std())),
-                    abs(np.percentile(inside, [0.5, 99.5]) - np.percentile(outside, [0.5, 99.5])).max()
+                    np.abs(np.percentile(inside, tails) - np.percentile(outside, tails)).max()
                     / outside.std(),
                 )
             )
@@ -191,18 +194,21 @@ def test_defect_changes_the_masked_region():
 
 def test_stale_files_of_a_larger_run_go(tmp_path):
     quiet = io.StringIO()
-    synthetic.generate_dataset(tmp_path, classes=(2,), images_per_split=30, size=64, workers=1, stream=quiet)
+    small = {"classes": (2,), "size": 64, "workers": 1, "stream": quiet}
+    synthetic.generate_dataset(tmp_path, images_per_split=30, **small)
     (tmp_path / "Class2" / "Train" / "notes.txt").write_text("kept")
-    synthetic.generate_dataset(tmp_path, classes=(2,), images_per_split=8, size=64, workers=1, stream=quiet)
+    synthetic.generate_dataset(tmp_path, images_per_split=8, **small)
     d = tmp_path / "Class2" / "Train"
     rows, _ = parse_labels((d / "Label" / "Labels.txt").read_text())
     assert sorted(p.name for p in d.glob("*.PNG")) == [r.image for r in rows]
-    assert sorted(p.name for p in (d / "Label").glob("*.PNG")) == sorted(r.mask for r in rows if r.defective)
+    masks = sorted(p.name for p in (d / "Label").glob("*.PNG"))
+    assert masks == sorted(r.mask for r in rows if r.defective)
     assert (d / "notes.txt").read_text() == "kept"
 
 
 def test_api_rejects_bad_arguments(tmp_path):
-    for kwargs in ({"classes": [0]}, {"images_per_split": 0}, {"size": 100}, {"size": 56}, {"seed": -1}):
+    bad = ({"classes": [0]}, {"images_per_split": 0}, {"size": 100}, {"size": 56}, {"seed": -1})
+    for kwargs in bad:
         with pytest.raises(ValueError):
             synthetic.generate_dataset(tmp_path, **{"images_per_split": 2, **kwargs})
 

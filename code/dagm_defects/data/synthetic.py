@@ -100,7 +100,9 @@ def _filtered_noise(
     return _standardise(np.fft.irfft2(spectrum, s=(t, t)))
 
 
-def _smooth(rng: np.random.Generator, t: int, r: float, *, scale: float, detail: float) -> np.ndarray:
+def _smooth(
+    rng: np.random.Generator, t: int, r: float, *, scale: float, detail: float
+) -> np.ndarray:
     return _standardise(
         _filtered_noise(rng, t, scale * r) + detail * _filtered_noise(rng, t, 1.5 * r)
     )
@@ -437,17 +439,19 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _png_chunk(tag: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
+    crc = zlib.crc32(tag + payload)
+    return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", crc)
 
 
-def encode_png(gray: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG of a 2-D uint8 array.
+def encode_png(gray: np.ndarray, strategy: int = zlib.Z_RLE) -> bytes:
+    """An 8-bit grayscale PNG of a 2-D uint8 array; `strategy` is zlib's.
 
     Hand-rolled rather than Pillow: Pillow tries five row filters on every row, which costs
     more than rendering the image. The PNG "Up" filter on every row removes the textures'
-    low frequencies (files ~15% smaller than unfiltered), and zlib's run-length strategy
-    compresses noise as well as its default at under half the time while still collapsing
-    the masks' long zero runs.
+    low frequencies (files ~15% smaller than unfiltered). zlib's run-length strategy
+    compresses noise as well as its default in under half the time while still collapsing
+    the masks' long zero runs; Huffman-only is another 10% faster on the grainy images,
+    which have no runs to find.
     """
     if gray.dtype != np.uint8 or gray.ndim != 2:
         raise ValueError(f"expected a 2-D uint8 array, got {gray.dtype} {gray.shape}")
@@ -456,7 +460,7 @@ def encode_png(gray: np.ndarray) -> bytes:
     rows[:, 0] = 2  # filter type Up; the row above the first counts as zeros
     rows[0, 1:] = gray[0]
     np.subtract(gray[1:], gray[:-1], out=rows[1:, 1:])  # uint8 wraps: PNG's modulo 256
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
     data = compressor.compress(rows) + compressor.flush()
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
     return (
@@ -499,7 +503,7 @@ def _render_chunk(chunk: _Chunk) -> int:
         image, mask = render_image(
             chunk.cls, rng, chunk.size, defective=number in chunk.defective, seed=chunk.seed
         )
-        (split_dir / f"{number:04d}.PNG").write_bytes(encode_png(image))
+        (split_dir / f"{number:04d}.PNG").write_bytes(encode_png(image, zlib.Z_HUFFMAN_ONLY))
         if mask is not None:
             (split_dir / "Label" / f"{number:04d}_label.PNG").write_bytes(encode_png(mask))
     return chunk.stop - chunk.start
@@ -548,7 +552,9 @@ def _check_args(classes: Sequence[int], images_per_split: int | None, size: int,
     if bad or not classes:
         raise ValueError(f"classes must be a non-empty subset of 1-10, got {list(classes)}")
     if images_per_split is not None and not 1 <= images_per_split <= MAX_IMAGES_PER_SPLIT:
-        raise ValueError(f"images_per_split must be 1-{MAX_IMAGES_PER_SPLIT}, got {images_per_split}")
+        raise ValueError(
+            f"images_per_split must be 1-{MAX_IMAGES_PER_SPLIT}, got {images_per_split}"
+        )
     if size < MIN_SIZE or size % 8:
         raise ValueError(f"size must be a multiple of 8 and at least {MIN_SIZE}, got {size}")
     if seed < 0:

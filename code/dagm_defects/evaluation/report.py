@@ -45,3 +45,36 @@ def write_report(
         titles=[keys[i] for i in chosen],
     )
     return summary
+
+
+def format_table(summary: dict) -> str:
+    """The per-class results as a fixed-width table for a terminal."""
+
+    def fmt(value) -> str:
+        return "   n/a" if value is None else f"{value:6.3f}"
+
+    lines = [f"threshold {summary['threshold']:.3f}  ({summary.get('source', 'test set')})",
+             "class      n  defect     AP  AUROC    acc   prec    rec"]
+    blocks = [*summary["per_class"].items(), ("all", summary["overall"])]
+    for name, b in blocks:
+        lines.append(
+            f"{name:>5} {b['n']:6d} {b['n_defective']:7d} {fmt(b['ap'])} {fmt(b['auroc'])} "
+            f"{fmt(b['accuracy'])} {fmt(b['precision'])} {fmt(b['recall'])}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print an evaluation.json as a table: python -m dagm_defects.evaluation.report FILE"""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(main.__doc__, file=sys.stderr)
+        return 64
+    print(format_table(json.loads(Path(args[0]).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
