@@ -15,10 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Fixed input scaling: uint8 pixels map to roughly zero mean, unit spread.
-PIXEL_MEAN = 127.5
-PIXEL_SCALE = 64.0
 DOWNSAMPLE = 8
+# Keeps a flat image (std 0) finite after standardisation; in uint8 grey levels.
+STD_FLOOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,16 @@ class SegDecNet(nn.Module):
 
     @staticmethod
     def normalize(images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N,H,W) or (N,1,H,W) pixels to the float input the network expects."""
+        """uint8 (N,H,W) or (N,1,H,W) pixels to the float input the network expects.
+
+        Each image is standardised on its own: DAGM classes differ in brightness and
+        contrast, and a defect is a local departure from the image's own texture."""
         if images.dim() == 3:
             images = images.unsqueeze(1)
-        return (images.float() - PIXEL_MEAN) / PIXEL_SCALE
+        x = images.float()
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True)
+        return (x - mean) / (std + STD_FLOOR)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (segmentation logits N x 1 x H/8 x W/8, decision logits N)."""

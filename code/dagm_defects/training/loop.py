@@ -65,6 +65,22 @@ def batches(
         )
 
 
+def balanced_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's sample order: as many draws as there are images, half of them
+    defective (repeated as needed), half good, shuffled. Defects are rare (about 13%
+    in DAGM); without this most steps would only teach the model what "good" is."""
+    defective, good = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if len(defective) == 0 or len(good) == 0:
+        return rng.permutation(len(labels))
+    half = len(labels) // 2
+    order = np.concatenate([
+        rng.choice(defective, half, replace=len(defective) < half),
+        rng.choice(good, len(labels) - half, replace=len(good) < len(labels) - half),
+    ])
+    rng.shuffle(order)
+    return order
+
+
 def segmentation_target(masks: torch.Tensor) -> torch.Tensor:
     # Max-pooling keeps a thin scratch visible at the 1/8 resolution the head predicts.
     return F.max_pool2d(masks.float(), DOWNSAMPLE)

@@ -4,6 +4,7 @@ evaluation. Runs the same in one process or as one rank of a torchrun job."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timezone
 
@@ -20,6 +21,7 @@ from dagm_defects.training.checkpoint import TrainingState, load_checkpoint, sav
 from dagm_defects.training.data import DataSplits, prepare_data
 from dagm_defects.training.loop import (
     Device,
+    balanced_indices,
     predict_arrays,
     seg_pos_weight,
     train_one_epoch,
@@ -58,11 +60,16 @@ def _training_statistics(splits: DataSplits) -> dict:
     }
 
 
-def _epoch_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> np.ndarray:
-    # The same permutation on every rank, then equal disjoint shards: no rank waits.
-    order = np.random.default_rng([seed, epoch]).permutation(n)
+def _epoch_indices(labels: np.ndarray, epoch: int, seed: int, rank: int, world: int) -> np.ndarray:
+    # The same draw on every rank, then equal disjoint shards: no rank waits on another.
+    order = balanced_indices(labels, np.random.default_rng([seed, epoch]))
     per_rank = len(order) // world
     return order[rank * per_rank : (rank + 1) * per_rank] if world > 1 else order
+
+
+def _learning_rate(base: float, epoch: int, epochs: int) -> float:
+    """Cosine decay to a tenth over the run: settles the model for the last epochs."""
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1))))
 
 
 def _checksum(model) -> float:
@@ -100,7 +107,9 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
     started = time.monotonic()
     for epoch in range(state.epochs_done, hp.epochs):
         rng = np.random.default_rng([hp.seed, epoch, rank])
-        indices = _epoch_indices(len(splits.train), epoch, hp.seed, rank, world)
+        indices = _epoch_indices(splits.train.labels, epoch, hp.seed, rank, world)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(hp.learning_rate, epoch, hp.epochs)
         stats = train_one_epoch(net, optimizer, splits.train, indices, hp.batch_size, rng,
                                 device, pos_weight, stop)
         if stop.requested:
@@ -121,7 +130,8 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
         state.history.append(record)
         _log(epoch=epoch + 1, epochs=hp.epochs, train_loss=stats.loss, seg_loss=stats.seg_loss,
              dec_loss=stats.dec_loss, val_ap=_num(val["ap"]), val_auroc=_num(val["auroc"]),
-             val_accuracy=_num(val["accuracy"]), train_images_per_sec=stats.images_per_sec * world,
+             val_accuracy=_num(val["accuracy"]), lr=optimizer.param_groups[0]["lr"],
+             train_images_per_sec=stats.images_per_sec * world,
              elapsed_s=time.monotonic() - started)
         if leader:
             save_checkpoint(settings.checkpoint_dir, model, optimizer, state, identity)

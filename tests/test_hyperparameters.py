@@ -1,0 +1,53 @@
+"""Hyperparameter parsing: both encodings SageMaker produces, and clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from dagm_defects.training.hyperparameters import HyperparameterError, parse_hyperparameters
+
+
+def test_defaults_when_nothing_is_given():
+    hp = parse_hyperparameters({})
+    assert hp.epochs == 10 and hp.classes is None and hp.image_size == 256
+
+
+@pytest.mark.parametrize("raw", ["0.01", '"0.01"', 0.01])
+def test_plain_and_json_encoded_values_are_equal(raw):
+    assert parse_hyperparameters({"learning_rate": raw}).learning_rate == 0.01
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("all", None), ('"all"', None), ("1,3,7", (1, 3, 7)), ("[7, 1]", (1, 7)), ([2, 2, 5], (2, 5)),
+    ("3", (3,)), (3, (3,)),
+])
+def test_class_selection_forms(raw, expected):
+    assert parse_hyperparameters({"classes": raw}).classes == expected
+
+
+def test_platform_keys_are_ignored():
+    hp = parse_hyperparameters({"sagemaker_program": "x", "_tuning_objective_metric": "val_ap"})
+    assert hp == parse_hyperparameters({})
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("epochs", "ten", "'epochs' must be a whole number >= 1"),
+    ("epochs", "2.5", "'epochs' must be a whole number"),
+    ("batch_size", "0", "'batch_size' must be a whole number >= 1"),
+    ("learning_rate", "-1", "'learning_rate' must be a number > 0"),
+    ("learning_rate", "nan", "'learning_rate' must be a number > 0"),
+    ("image_size", "100", "'image_size' must be a multiple of 32"),
+    ("classes", "0,11", "'classes' must be \"all\" or a comma-separated list"),
+    ("classes", "one", "'classes' must be"),
+    ("amp", "maybe", "'amp' must be one of \"auto\", \"true\", \"false\""),
+    ("validation_fraction", "1.5", "'validation_fraction' must be a number > 0 and <= 0.9"),
+])
+def test_malformed_values_name_key_and_form(key, value, message):
+    with pytest.raises(HyperparameterError, match=message.replace("(", r"\(")):
+        parse_hyperparameters({key: value})
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(HyperparameterError) as info:
+        parse_hyperparameters({"epochs": "x", "batchsize": "4"})
+    assert "'epochs'" in str(info.value) and "did you mean 'batch_size'" in str(info.value)
