@@ -6,8 +6,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-demo-output}"
-classes="${DEMO_CLASSES:-1,4,8}"
-images="${DEMO_IMAGES:-200}"
+classes="${DEMO_CLASSES:-3,4,6}"
+images="${DEMO_IMAGES:-300}"
 started=$(date +%s)
 
 echo "== 1/3 sample DAGM data: classes $classes, $images images per split, 512x512 -> $out/data"

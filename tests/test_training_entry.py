@@ -120,7 +120,8 @@ def test_missing_train_channel_is_named(tiny_dataset, tmp_path):
         env={**job_env(), "SAGEMAKER_BASE_DIR": str(work)},
     )
     assert result.returncode != 0
-    assert "unknown input channel(s) training" in (work / "output" / "failure").read_text()
+    failure = (work / "output" / "failure").read_text()
+    assert failure.startswith("missing required input channel 'train' (channels given: training)")
 
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tiny_dataset, tmp_path):

@@ -104,6 +104,7 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
     net = DistributedDataParallel(model) if world > 1 else model
 
     pos_weight = seg_pos_weight(splits.train)
+    val_scores = None
     started = time.monotonic()
     for epoch in range(state.epochs_done, hp.epochs):
         rng = np.random.default_rng([hp.seed, epoch, rank])
@@ -139,16 +140,18 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
     _log(event="finished", rank=rank, world_size=world, params_checksum=f"{_checksum(model):.6f}")
     if not leader:
         return None
-    return _finish(settings, model, splits, device, state)
+    return _finish(settings, model, splits, device, state, val_scores)
 
 
 def _num(value) -> float | str:
     return "nan" if value is None else float(value)
 
 
-def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Device, state: TrainingState) -> dict:
+def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Device,
+            state: TrainingState, val_scores: np.ndarray | None) -> dict:
     hp = settings.hyperparameters
-    val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
+    if val_scores is None:  # resumed with every epoch already done
+        val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
     threshold = metrics.choose_threshold(splits.validation.labels, val_scores)
     validation = metrics.summarize(splits.validation.labels, val_scores, splits.validation.class_ids, threshold)
 

@@ -68,15 +68,15 @@ class TrainingSettings:
 
 
 def _check_channels(channels: dict[str, str], input_config: dict) -> None:
+    if "train" not in channels:
+        given = ", ".join(sorted(channels)) or "none"
+        raise ChannelError(f"missing required input channel 'train' (channels given: {given})")
     unknown = sorted(set(channels) - set(CHANNELS))
     if unknown:
         raise ChannelError(
             f"unknown input channel(s) {', '.join(unknown)}; this image reads "
             f"'train' (required), 'validation' and 'test'"
         )
-    if "train" not in channels:
-        given = ", ".join(sorted(channels)) or "none"
-        raise ChannelError(f"missing required input channel 'train' (channels given: {given})")
     for name, path in channels.items():
         mode = input_config.get(name, {}).get("TrainingInputMode", "File")
         if mode == "Pipe":
