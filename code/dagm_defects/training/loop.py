@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from dagm_defects.data.arrays import ArraySet
 from dagm_defects.model import DOWNSAMPLE
+from dagm_defects.progress import Progress
 from dagm_defects.training.stop import StopFlag
 
 
@@ -138,8 +139,11 @@ def train_one_epoch(
     device: Device,
     pos_weight: float,
     stop: StopFlag,
+    label: str = "epoch",
 ) -> EpochStats:
     model.train()
+    # A line every half minute, so a long epoch on a big dataset never looks stuck.
+    progress = Progress(label, len(indices), every_seconds=30)
     started = time.perf_counter()
     totals = np.zeros(3)
     seen = 0
@@ -157,6 +161,7 @@ def train_one_epoch(
         n = len(labels)
         totals += n * np.array([loss.item(), seg.item(), dec.item()])
         seen += n
+        progress.advance(n)
     mean = totals / max(seen, 1)
     return EpochStats(*mean.tolist(), images=seen, seconds=time.perf_counter() - started)
 

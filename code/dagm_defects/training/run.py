@@ -112,7 +112,7 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(hp.learning_rate, epoch, hp.epochs)
         stats = train_one_epoch(net, optimizer, splits.train, indices, hp.batch_size, rng,
-                                device, pos_weight, stop)
+                                device, pos_weight, stop, label=f"epoch {epoch + 1}/{hp.epochs}")
         if stop.requested:
             where = "not saved (only rank 0 saves)"
             if leader:
@@ -125,14 +125,12 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
         val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
         val = metrics.summarize(splits.validation.labels, val_scores, splits.validation.class_ids, 0.5)["overall"]
         state.epochs_done = epoch + 1
-        record = {"epoch": epoch + 1, "train_loss": stats.loss, "seg_loss": stats.seg_loss,
-                  "dec_loss": stats.dec_loss, "val_ap": val["ap"], "val_auroc": val["auroc"],
-                  "val_accuracy": val["accuracy"]}
+        record = {"epoch": epoch + 1, "epochs": hp.epochs, "train_loss": stats.loss,
+                  "seg_loss": stats.seg_loss, "dec_loss": stats.dec_loss, "val_ap": val["ap"],
+                  "val_auroc": val["auroc"], "val_accuracy": val["accuracy"]}
         state.history.append(record)
-        _log(epoch=epoch + 1, epochs=hp.epochs, train_loss=stats.loss, seg_loss=stats.seg_loss,
-             dec_loss=stats.dec_loss, val_ap=_num(val["ap"]), val_auroc=_num(val["auroc"]),
-             val_accuracy=_num(val["accuracy"]), lr=optimizer.param_groups[0]["lr"],
-             train_images_per_sec=stats.images_per_sec * world,
+        _log(**{k: _num(v) if k.startswith("val_") else v for k, v in record.items()},
+             lr=optimizer.param_groups[0]["lr"], train_images_per_sec=stats.images_per_sec * world,
              elapsed_s=time.monotonic() - started)
         if leader:
             save_checkpoint(settings.checkpoint_dir, model, optimizer, state, identity)
@@ -156,7 +154,9 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
     validation = metrics.summarize(splits.validation.labels, val_scores, splits.validation.class_ids, threshold)
 
     test = splits.test
+    evaluation_started = time.monotonic()
     scores, seg_maps = predict_arrays(model, test, hp.batch_size, device)
+    evaluation_seconds = time.monotonic() - evaluation_started
     summary = write_report(settings.output_data_dir, test.labels, scores, test.class_ids, threshold,
                            test.images, test.masks, seg_maps, [s.key for s in test.samples],
                            splits.test_source)
@@ -177,7 +177,8 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
     overall = summary["overall"]
     _log(event="evaluation", threshold=threshold, test_ap=_num(overall["ap"]), test_auroc=_num(overall["auroc"]),
          test_accuracy=_num(overall["accuracy"]), test_precision=_num(overall["precision"]),
-         test_recall=_num(overall["recall"]))
+         test_recall=_num(overall["recall"]), test_images=len(test),
+         eval_images_per_sec=len(test) / max(evaluation_seconds, 1e-9))
     for cls, block in summary["per_class"].items():
         _log(**{"class": cls, "test_ap": _num(block["ap"]), "test_auroc": _num(block["auroc"]),
                 "test_accuracy": _num(block["accuracy"]), "n": block["n"], "n_defective": block["n_defective"]})
