@@ -1,8 +1,9 @@
 """Our default model vs the reference SegDecNet, side by side in one run on this machine.
 
 Prints JSON: parameters, GFLOPs per image (torch's FlopCounterMode, 2 FLOPs per
-multiply-add), CPU batch-inference and training images/s at the same input size, and
-the ratios. Usage: python bench/model_costs.py [--size 256] [--seconds 5]
+multiply-add), CPU batch-inference and training images/s at the same input size in the
+channels-last layout the product uses (and ours in plain NCHW for comparison), and the
+ratios. Usage: python bench/model_costs.py [--size 256] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def rate(step, images_per_step: int, seconds: float) -> float:
     return images_per_step * count / (time.perf_counter() - started)
 
 
-def measure(config: ModelConfig, size: int, seconds: float, infer_batch: int, train_batch: int) -> dict:
-    model = build_model(config)
+def measure(config: ModelConfig, size: int, seconds: float, infer_batch: int, train_batch: int,
+            layout=torch.channels_last) -> dict:
+    model = build_model(config).to(memory_format=layout)
     images = torch.randint(0, 256, (infer_batch, 1, size, size), dtype=torch.uint8)
+    images = images.contiguous(memory_format=layout)
 
     def infer():
         with torch.inference_mode():
@@ -72,8 +75,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    ours = measure(ModelConfig(image_size=args.size), args.size, args.seconds, 32, 16)
+    ours = measure(ModelConfig(image_size=args.size), args.size, args.seconds, 16, 16)
     reference = measure(REFERENCE, args.size, args.seconds, 8, 4)
+    nchw = measure(ModelConfig(image_size=args.size), args.size, args.seconds, 32, 16,
+                   layout=torch.contiguous_format)
     print(json.dumps({
         "benchmark": "model_costs",
         "image_size": args.size,
@@ -81,6 +86,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "ours": ours,
         "reference_segdecnet": reference,
+        "ours_nchw": {k: nchw[k] for k in ("inference_images_per_sec", "training_images_per_sec")},
         "flops_ratio_reference_over_ours": round(reference["gflops_per_image"] / ours["gflops_per_image"], 1),
         "inference_speedup": round(ours["inference_images_per_sec"] / reference["inference_images_per_sec"], 1),
         "training_speedup": round(ours["training_images_per_sec"] / reference["training_images_per_sec"], 1),
