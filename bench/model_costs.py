@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dagm_defects.model import REFERENCE, ModelConfig, build_model
-from dagm_defects.training.loop import mixed_loss
+from dagm_defects.training.loop import Device, train_step
 
 
 def gflops(model, size: int) -> float:
@@ -53,12 +53,10 @@ def measure(config: ModelConfig, size: int, seconds: float, infer_batch: int, tr
     masks = torch.zeros_like(batch)
     labels = torch.zeros(train_batch)
 
+    device = Device(torch.device("cpu"), amp=False, channels_last=layout == torch.channels_last)
+
     def train():
-        seg, dec = model(batch)
-        loss, _, _ = mixed_loss(seg, dec, masks, labels, 10.0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, batch, masks, labels, device, 10.0)
 
     training = rate(train, train_batch, seconds)
     return {

@@ -21,7 +21,7 @@ from dagm_defects.data.arrays import load_arrays
 from dagm_defects.data.reader import read_index
 from dagm_defects.data.synthetic import generate_dataset
 from dagm_defects.model import ModelConfig, build_model
-from dagm_defects.training.loop import Device, balanced_indices, batches, mixed_loss, train_one_epoch
+from dagm_defects.training.loop import Device, balanced_indices, batches, train_one_epoch, train_step
 from dagm_defects.training.stop import StopFlag
 
 
@@ -46,19 +46,14 @@ def main() -> None:
     order = balanced_indices(arrays.labels, np.random.default_rng(0))
 
     # The reference: the same batches, made once, so a step is pure model work.
-    ready = [(device.images(images), masks, labels) for images, masks, labels
-             in batches(arrays, order, args.batch_size, np.random.default_rng(1))]
+    ready = list(batches(arrays, order, args.batch_size, np.random.default_rng(1)))
 
     def in_memory(layout=torch.channels_last) -> float:
         model.to(memory_format=layout).train()
         started = time.perf_counter()
+        step_device = Device(device.device, amp=False, channels_last=layout == torch.channels_last)
         for images, masks, labels in ready:
-            images = images.contiguous(memory_format=layout)
-            seg, dec = model(images)
-            loss, _, _ = mixed_loss(seg, dec, masks, labels, 10.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, images, masks, labels, step_device, 10.0)
         return len(order) / (time.perf_counter() - started)
 
     def pipeline() -> float:

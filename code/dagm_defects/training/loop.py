@@ -129,6 +129,19 @@ def _any_rank_stopping(stop: StopFlag, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def train_step(model, optimizer, images, masks, labels, device: Device, pos_weight: float):
+    """One optimisation step on a batch; returns (loss, seg_loss, dec_loss) tensors."""
+    images = device.images(images)
+    masks, labels = masks.to(device.device), labels.to(device.device)
+    with device.autocast():
+        seg_logits, dec_logits = model(images)
+    loss, seg, dec = mixed_loss(seg_logits, dec_logits, masks, labels, pos_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, seg, dec
+
+
 def train_one_epoch(
     model,
     optimizer,
@@ -150,14 +163,7 @@ def train_one_epoch(
     for images, masks, labels in batches(arrays, indices, batch_size, rng):
         if _any_rank_stopping(stop, device.device):
             break
-        images = device.images(images)
-        masks, labels = masks.to(device.device), labels.to(device.device)
-        with device.autocast():
-            seg_logits, dec_logits = model(images)
-        loss, seg, dec = mixed_loss(seg_logits, dec_logits, masks, labels, pos_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, seg, dec = train_step(model, optimizer, images, masks, labels, device, pos_weight)
         n = len(labels)
         totals += n * np.array([loss.item(), seg.item(), dec.item()])
         seen += n
