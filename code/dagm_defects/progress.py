@@ -11,6 +11,18 @@ import time
 from typing import TextIO
 
 
+def write_line(line: str, stream: TextIO | None = None) -> None:
+    """Write one whole line in a single write call.
+
+    Training ranks share one stdout pipe, and print() writes its newline separately (two
+    syscalls when unbuffered), so lines of two ranks could splice; one write below PIPE_BUF
+    reaches a pipe whole.
+    """
+    out = stream or sys.stdout
+    out.write(line + "\n")
+    out.flush()
+
+
 class Progress:
     def __init__(
         self,
@@ -55,4 +67,4 @@ class Progress:
         )
         if extra:
             line += " " + extra
-        print(line, file=self.stream or sys.stdout, flush=True)
+        write_line(line, self.stream)

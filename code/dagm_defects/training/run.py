@@ -12,15 +12,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dagm_defects.artifact import save_artifact
+from dagm_defects.artifact import Artifact, save_artifact
 from dagm_defects.evaluation import metrics
 from dagm_defects.evaluation.report import write_report
+from dagm_defects.device import Device
 from dagm_defects.imaging import image_statistics, summarize_statistics
 from dagm_defects.model import ModelConfig, build_model
+from dagm_defects.progress import write_line
+from dagm_defects.training.baseline import evaluate_baseline, load_baseline, warm_start
 from dagm_defects.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from dagm_defects.training.data import DataSplits, prepare_data
 from dagm_defects.training.loop import (
-    Device,
     balanced_indices,
     predict_arrays,
     seg_pos_weight,
@@ -33,18 +35,7 @@ from dagm_defects.training.stop import StopFlag, StopRequested
 def _log(**tokens) -> None:
     """Metrics as stable `name=value` tokens, which CloudWatch MetricDefinitions match."""
     parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in tokens.items()]
-    print(" ".join(parts), flush=True)
-
-
-def _select_device(settings: TrainingSettings, local_rank: int) -> Device:
-    amp = settings.hyperparameters.amp
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        return Device(torch.device("cuda", local_rank), amp in ("auto", "true"))
-    return Device(torch.device("cpu"), amp == "true")
+    write_line(" ".join(parts))
 
 
 def _training_statistics(splits: DataSplits) -> dict:
@@ -79,21 +70,25 @@ def _checksum(model) -> float:
 def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict | None:
     hp = settings.hyperparameters
     torch.manual_seed(hp.seed)
-    device = _select_device(settings, local_rank)
+    device = Device.select(settings.hyperparameters.amp, local_rank)
     leader = rank == 0
-    workers = hp.data_workers or min(4, settings.num_cpus)
     _log(event="start", device=device.device.type, amp=device.amp, world_size=world,
          rank=rank, hyperparameters=json.dumps(hp.to_dict(), separators=(",", ":")))
 
-    splits = prepare_data(settings, workers)
+    baseline = load_baseline(settings)
+    splits = prepare_data(settings, settings.decode_workers)
     for note in splits.train.notes[:5]:
-        print(f"note: {note}", flush=True)
+        write_line(f"note: {note}")
     _log(event="data", classes=",".join(map(str, splits.classes)), train_images=len(splits.train),
          train_defective=int(splits.train.labels.sum()), validation_images=len(splits.validation),
          test_images=len(splits.test), test_source=json.dumps(splits.test_source))
 
     config = ModelConfig(width=hp.width, depth=hp.depth, image_size=hp.image_size)
-    model = build_model(config).to(device.device)
+    model = build_model(config)
+    if hp.warm_start:
+        warm_start(model, baseline, config)
+        _log(event="warm_start", from_model=json.dumps(baseline.metadata.get("created_utc")))
+    model = model.to(device.device)
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.learning_rate)
@@ -138,7 +133,7 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
     _log(event="finished", rank=rank, world_size=world, params_checksum=f"{_checksum(model):.6f}")
     if not leader:
         return None
-    return _finish(settings, model, splits, device, state, val_scores)
+    return _finish(settings, model, splits, device, state, val_scores, baseline)
 
 
 def _num(value) -> float | str:
@@ -146,7 +141,7 @@ def _num(value) -> float | str:
 
 
 def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Device,
-            state: TrainingState, val_scores: np.ndarray | None) -> dict:
+            state: TrainingState, val_scores: np.ndarray | None, baseline: Artifact | None) -> dict:
     hp = settings.hyperparameters
     if val_scores is None:  # resumed with every epoch already done
         val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
@@ -157,9 +152,13 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
     evaluation_started = time.monotonic()
     scores, seg_maps = predict_arrays(model, test, hp.batch_size, device)
     evaluation_seconds = time.monotonic() - evaluation_started
+    extra = {}
+    if baseline is not None:
+        extra["baseline"] = evaluate_baseline(baseline, test, hp.batch_size, device, settings.decode_workers)
+        _log(event="baseline", baseline_test_ap=_num(extra["baseline"]["overall"]["ap"]))
     summary = write_report(settings.output_data_dir, test.labels, scores, test.class_ids, threshold,
                            test.images, test.masks, seg_maps, [s.key for s in test.samples],
-                           splits.test_source)
+                           splits.test_source, extra)
     save_artifact(
         settings.model_dir,
         model,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import signal
 import time
 
+from dagm_defects.progress import write_line
+
 
 class StopRequested(Exception):
     """Raised at a safe point after SIGTERM; carries what was saved."""
@@ -25,7 +27,7 @@ class StopFlag:
         if self.requested_at is None:
             self.requested_at = time.monotonic()
             self.signal_name = signal.Signals(signum).name
-            print(f"received {self.signal_name}: stopping at the next safe point", flush=True)
+            write_line(f"received {self.signal_name}: stopping at the next safe point")
 
     def install(self) -> "StopFlag":
         signal.signal(signal.SIGTERM, self.request)

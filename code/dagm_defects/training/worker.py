@@ -7,6 +7,7 @@ import sys
 
 import torch.distributed as dist
 
+from dagm_defects.progress import write_line
 from dagm_defects.training.launch import failure_reason
 from dagm_defects.training.run import run_training
 from dagm_defects.training.settings import SETTINGS_ENV, TrainingSettings
@@ -27,7 +28,7 @@ def main() -> int:
         return 0
     except Exception as exc:
         reason = failure_reason(exc)
-        print(f"rank {rank} failed: {reason}", file=sys.stderr, flush=True)
+        write_line(f"rank {rank} failed: {reason}", sys.stderr)
         # The first rank to fail leaves the reason for the launcher to report.
         if not settings.failure_file.exists():
             settings.failure_file.write_text(reason + "\n")
