@@ -16,7 +16,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dagm_defects.model import REFERENCE, ModelConfig, build_model
-from dagm_defects.training.loop import Device, train_step
+from dagm_defects.device import Device
+from dagm_defects.training.loop import train_step
 
 
 def gflops(model, size: int) -> float:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
+import numpy as np
 import pytest
+from botocore.config import Config
+from PIL import Image
 
 from dagm_defects.data.synthetic import generate_dataset
 
@@ -96,3 +105,195 @@ def trained_job(tiny_dataset, tmp_path_factory) -> Job:
     job = run_training(tiny_dataset, tmp_path_factory.mktemp("opt_ml"), TINY_HPS)
     assert job.returncode == 0, job.output[-3000:]
     return job
+
+
+SERVE_LOCAL = REPO / "local_test" / "serve_local.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class Server:
+    """local_test/serve_local.sh MODEL_DIR PORT, the command the serving image runs."""
+
+    def __init__(self, model_dir: Path, env: dict[str, str] | None = None, tmp: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = (tmp or Path(os.environ.get("TMPDIR", "/tmp"))) / f"serve-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [str(SERVE_LOCAL), str(model_dir), str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**job_env(), **(env or {})},
+            start_new_session=True,
+        )
+
+    @property
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float = 60) -> Reply:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Reply(response.status, dict(response.getheaders()), response.read())
+        finally:
+            connection.close()
+
+    def post(self, path: str, body: bytes, content_type: str | None, **headers) -> Reply:
+        all_headers = {k.replace("_", "-"): v for k, v in headers.items()}
+        if content_type is not None:
+            all_headers["Content-Type"] = content_type
+        return self.request("POST", path, body, all_headers)
+
+    def ping(self, timeout: float = 2) -> int | None:
+        try:
+            return self.request("GET", "/ping", timeout=timeout).status
+        except OSError:
+            return None
+
+    def wait_ready(self, timeout: float = 90) -> list[int | None]:
+        """Ping until 200; the statuses seen on the way (None: nothing listening)."""
+        seen: list[int | None] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.output[-3000:]}")
+            status = self.ping()
+            seen.append(status)
+            if status == 200:
+                return seen
+            time.sleep(0.05)
+        raise AssertionError(f"serve not ready after {timeout} s:\n{self.output[-3000:]}")
+
+    def wait_exit(self, timeout: float = 90) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self.close()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait_exit(30)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start servers for one test; each is stopped (SIGTERM, else SIGKILL) afterwards."""
+    servers: list[Server] = []
+
+    def start(model_dir: Path, ready: bool = True, **env: str) -> Server:
+        server = Server(model_dir, env, tmp_path)
+        servers.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.stop()
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory) -> Path:
+    """A valid artefact without training (fixed seed): for tests of the server's mechanics."""
+    import torch
+
+    from dagm_defects.artifact import save_artifact
+    from dagm_defects.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model_dir = tmp_path_factory.mktemp("untrained") / "model"
+    save_artifact(model_dir, build_model(ModelConfig(image_size=64)), 0.5, [1], {})
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def local_aws(tmp_path_factory):
+    """`python -m local_aws` (what `make local-aws` runs) on a free port, for the session."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("local_aws") / "local_aws.log"
+    log = open(log_path, "w")
+    env = {**job_env(), "PYTHONPATH": str(REPO / "local_test")}
+    process = subprocess.Popen([sys.executable, "-m", "local_aws", "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while "ready at" not in log_path.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(60)
+    log.close()
+
+
+def aws_env(url: str) -> dict[str, str]:
+    """The environment that points a boto3 CLI (deploy.py, train_stage.py, ...) at the local AWS."""
+    return {**os.environ, "AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def aws_client(url: str, service: str):
+    """A boto3 client for the local AWS at `url`."""
+    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing", config=Config(retries={"max_attempts": 1}))
+
+
+def model_tarball(model_dir: Path) -> bytes:
+    """model.tar.gz of an artefact directory, as a training job uploads it."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+    return out.getvalue()
+
+
+def upload(url: str, key: str, data: bytes, bucket: str = "dagm-models") -> str:
+    """Put `data` into the local S3 (creating the bucket) and return its s3:// URI."""
+    s3 = aws_client(url, "s3")
+    if bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    return f"s3://{bucket}/{key}"
+
+
+def png(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def noise_png(seed: int = 0, size: int = 128) -> bytes:
+    """A PNG of random pixels: an image the model answers without any special case."""
+    return png(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8))

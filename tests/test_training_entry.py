@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ from PIL import Image
 from dagm_defects.artifact import load_artifact
 from dagm_defects.training.checkpoint import CHECKPOINT_FILE
 
-from conftest import REPO, TINY_HPS, job_env, run_training, start_training
+from conftest import REPO, TINY_HPS, job_env, model_tarball, run_training, start_training
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +59,38 @@ def test_artifact_loads_without_training_code(trained_job):
     probabilities = torch.sigmoid(artifact.model(torch.zeros(2, 1, 64, 64, dtype=torch.uint8))[1])
     assert probabilities.shape == (2,)
     assert artifact.threshold == json.loads((trained_job.model_dir / "model.json").read_text())["threshold"]
+
+
+def _model_channel(tmp_path, model_dir):
+    # What SageMaker downloads for an S3Uri naming one model.tar.gz object.
+    channel = tmp_path / "model-channel"
+    channel.mkdir()
+    (channel / "model.tar.gz").write_bytes(model_tarball(model_dir))
+    return channel
+
+
+def test_model_channel_warm_starts_and_is_scored_on_the_same_test_images(trained_job, tiny_dataset, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("EXTRA_CHANNELS", f"model={_model_channel(tmp_path, trained_job.model_dir)}")
+    job = run_training(tiny_dataset, tmp_path / "ml", {**TINY_HPS, "epochs": "1", "warm_start": "true"})
+    assert job.returncode == 0, job.output[-3000:]
+    assert job.tokens("event=warm_start")
+    evaluation = json.loads((job.work / "output" / "data" / "evaluation.json").read_text())
+    baseline = evaluation["baseline"]
+    assert set(baseline["per_class"]) == set(evaluation["per_class"]) == {"1", "2"}
+    # The baseline is the trained job's model on the same test images: its own numbers.
+    own = json.loads((trained_job.work / "output" / "data" / "evaluation.json").read_text())
+    assert baseline["overall"]["ap"] == pytest.approx(own["overall"]["ap"])
+    assert baseline["threshold"] == pytest.approx(own["threshold"])
+    assert float(job.tokens("event=baseline")[0]["baseline_test_ap"]) == pytest.approx(own["overall"]["ap"], abs=1e-4)
+
+
+def test_warm_start_needs_a_model_channel_of_the_same_architecture(trained_job, tiny_dataset, tmp_path, monkeypatch):
+    job = run_training(tiny_dataset, tmp_path / "no-channel", {**TINY_HPS, "warm_start": "true"})
+    assert job.returncode != 0 and "warm_start=true needs a 'model' channel" in job.failure
+    monkeypatch.setenv("EXTRA_CHANNELS", f"model={_model_channel(tmp_path, trained_job.model_dir)}")
+    job = run_training(tiny_dataset, tmp_path / "other", {**TINY_HPS, "warm_start": "true", "width": "0.25"})
+    assert job.returncode != 0 and "warm_start: the 'model' channel holds" in job.failure, job.output[-2000:]
 
 
 def test_bad_hyperparameters_fail_naming_each_key(tiny_dataset, tmp_path):

@@ -23,13 +23,15 @@ def write_report(
     seg_maps: np.ndarray,
     keys: list[str],
     source: str,
+    extra: dict | None = None,
 ) -> dict:
-    """Write the evaluation and its plots; return the summary that was written."""
+    """Write the evaluation (plus `extra` keys) and its plots; return what was written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = metrics.summarize(labels, scores, class_ids, threshold)
     summary["source"] = source
     summary["scores"] = {key: round(float(s), 6) for key, s in zip(keys, scores)}
+    summary.update(extra or {})
     (out_dir / EVALUATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     plots.plot_pr_roc(metrics.curves(labels, scores, class_ids), out_dir / "pr_roc.png")
     plots.plot_confusion(summary, out_dir / "confusion.png")

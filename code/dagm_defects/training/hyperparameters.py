@@ -87,6 +87,15 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return parse
 
 
+def _boolean(value: Any) -> bool:
+    text = _text(value).strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError
+    return text == "true"
+
+
+_boolean.expected = '"true" or "false"'
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "epochs": _integer(1, 10_000),
     "batch_size": _integer(1, 4096),
@@ -100,6 +109,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "processes_per_host": _integer(0, 64),
     "amp": _choice("auto", "true", "false"),
     "data_workers": _integer(0, 64),
+    "warm_start": _boolean,
 }
 
 
@@ -121,6 +131,8 @@ class Hyperparameters:
     amp: str = "auto"
     # 0 means min(4, CPUs) processes for decoding the dataset once into memory.
     data_workers: int = 0
+    # Start from the weights in the `model` channel (same architecture) instead of at random.
+    warm_start: bool = False
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -6,7 +6,6 @@ memory plus random flips: the loop is never waiting on image files.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -16,30 +15,10 @@ import torch
 from torch.nn import functional as F
 
 from dagm_defects.data.arrays import ArraySet
+from dagm_defects.device import Device
 from dagm_defects.model import DOWNSAMPLE
 from dagm_defects.progress import Progress
 from dagm_defects.training.stop import StopFlag
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where and how tensors run: bf16 autocast on CUDA; channels-last everywhere, as
-    cuDNN and oneDNN both run these convolutions faster in that layout
-    (bench/training_pipeline.py measures it on the CPU)."""
-
-    device: torch.device
-    amp: bool
-    channels_last: bool = True
-
-    def autocast(self):
-        if self.amp:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def images(self, batch: torch.Tensor) -> torch.Tensor:
-        # uint8 crosses to the GPU (4x less than float32); the model converts it there.
-        batch = batch.to(self.device, non_blocking=True)
-        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
 
 def batches(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dagm_defects.training.hyperparameters import Hyperparameters, parse_hyperparameters
 
-CHANNELS = ("train", "validation", "test")
+CHANNELS = ("train", "validation", "test", "model")
 SETTINGS_ENV = "DAGM_TRAINING_SETTINGS"
 DEFAULT_MASTER_PORT = 29500
 
@@ -42,6 +42,10 @@ class TrainingSettings:
     def processes_per_host(self) -> int:
         requested = self.hyperparameters.processes_per_host
         return requested or max(1, self.num_gpus)
+
+    @property
+    def decode_workers(self) -> int:
+        return self.hyperparameters.data_workers or min(4, self.num_cpus)
 
     @property
     def node_rank(self) -> int:
@@ -75,7 +79,8 @@ def _check_channels(channels: dict[str, str], input_config: dict) -> None:
     if unknown:
         raise ChannelError(
             f"unknown input channel(s) {', '.join(unknown)}; this image reads "
-            f"'train' (required), 'validation' and 'test'"
+            f"'train' (required), 'validation', 'test' and 'model' (a model.tar.gz to compare "
+            f"against or warm-start from)"
         )
     for name, path in channels.items():
         mode = input_config.get(name, {}).get("TrainingInputMode", "File")
@@ -89,6 +94,11 @@ def _check_channels(channels: dict[str, str], input_config: dict) -> None:
             raise ChannelError(f"channel '{name}' is empty: nothing found in {path}")
 
 
+def _check_warm_start(hyperparameters: Hyperparameters, channels: dict[str, str]) -> None:
+    if hyperparameters.warm_start and "model" not in channels:
+        raise ChannelError("hyperparameter warm_start=true needs a 'model' channel holding the model to start from")
+
+
 def settings_from_toolkit() -> TrainingSettings:
     """Read the environment the way the sagemaker-training toolkit lays it out."""
     # Imported here, not at module level: importing it creates /opt/ml directories.
@@ -98,6 +108,7 @@ def settings_from_toolkit() -> TrainingSettings:
     hyperparameters = parse_hyperparameters(env.hyperparameters)
     channels = {name: str(path) for name, path in env.channel_input_dirs.items()}
     _check_channels(channels, env.input_data_config)
+    _check_warm_start(hyperparameters, channels)
     # The toolkit sets SM_* for script-mode children only; our code and anything it
     # starts see the same contract this way.
     os.environ.update({k: str(v) for k, v in env.to_env_vars().items()})

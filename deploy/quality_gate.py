@@ -1,0 +1,55 @@
+"""The retraining quality gate: the candidate against the serving model, class by class,
+on the same held-out images (both scored inside the candidate's training job).
+
+A class passes when the candidate's AP is at least the serving model's minus the margin;
+a class without defective test images has no AP and is listed but not judged. Without a
+serving model (a first deployment) the candidate needs an overall AP of --min-ap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    # One row per class and one for "overall": candidate AP, serving AP, difference.
+    comparison: list[dict] = field(default_factory=list)
+
+    def table(self) -> str:
+        def fmt(value) -> str:
+            return "   n/a" if value is None else f"{value:6.3f}"
+
+        lines = ["class  candidate  serving   delta"]
+        lines += [f"{r['class']:>7} {fmt(r['candidate'])}    {fmt(r['serving'])}  {fmt(r['delta'])}" for r in self.comparison]
+        return "\n".join(lines)
+
+
+def _row(name: str, candidate: dict | None, serving: dict | None) -> dict:
+    c = (candidate or {}).get("ap")
+    s = (serving or {}).get("ap")
+    return {"class": name, "candidate": c, "serving": s, "delta": None if c is None or s is None else c - s}
+
+
+def judge(evaluation: dict, margin: float, min_ap: float) -> Verdict:
+    """`evaluation`: the candidate job's evaluation.json, with `baseline` when it had one."""
+    baseline = evaluation.get("baseline")
+    if baseline is None:
+        ap = evaluation["overall"]["ap"]
+        row = _row("overall", evaluation["overall"], None)
+        if ap is None or ap < min_ap:
+            return Verdict(False, [f"no serving model to compare with, and the overall test AP {ap} is below {min_ap}"], [row])
+        return Verdict(True, [], [row])
+    classes = sorted(set(evaluation["per_class"]) | set(baseline["per_class"]), key=lambda c: (len(c), c))
+    rows = [_row(c, evaluation["per_class"].get(c), baseline["per_class"].get(c)) for c in classes]
+    rows.append(_row("overall", evaluation["overall"], baseline["overall"]))
+    reasons = []
+    for row in rows:
+        if row["serving"] is not None and row["candidate"] is None:
+            reasons.append(f"class {row['class']}: the candidate has no AP where the serving model has {row['serving']:.3f}")
+        elif row["delta"] is not None and row["delta"] < -margin:
+            reasons.append(f"class {row['class']}: AP {row['candidate']:.3f} is {-row['delta']:.3f} below the serving "
+                           f"model's {row['serving']:.3f} (margin {margin})")
+    return Verdict(not reasons, reasons, rows)

@@ -1,0 +1,284 @@
+"""Retraining on the quality team's dataset profiles.
+
+    .venv/bin/python deploy/retrain.py validate --profile PATH_OR_S3_URI [--root DIR]
+    .venv/bin/python deploy/retrain.py run --profile s3://BUCKET/profiles/NAME.csv \\
+        --data s3://BUCKET/dagm/ --endpoint NAME --role ARN --training-image URI --topic ARN [...]
+    .venv/bin/python deploy/retrain.py run --waiting s3://BUCKET/profiles/ [...]
+
+`validate` checks a profile (format: code/dagm_defects/data/profile.py; examples in
+deploy/examples/) row by row: columns, labels, classes, masks of defective rows,
+duplicates, and that every listed image and mask exists and decodes. Keys resolve in
+the profile's S3 bucket, or under --root (default: the profile's directory) for a local
+file. It prints a JSON report with every problem and its row number; exit 0 when the
+profile is valid, 1 when not, 2 when the profile itself cannot be read.
+
+`run` is the whole flow, as the S3 upload event starts it (pipeline.yml's
+RetrainOnProfile rule) or `--waiting` picks the oldest waiting profile (the drift alarm):
+validate -> a prepared training prefix (the current data plus the profile's rows,
+dataset_prep.py) -> a training job with the serving model as its `model` channel (scored
+on the same held-out images; --warm-start starts from its weights) -> the quality gate
+(quality_gate.py) -> a canary rollout with deploy.py -> SNS with the comparison. The
+profile ends in `rejected/KEY` (invalid, report at `rejected/KEY.report.json`) or
+`processed/KEY` (result at `processed/KEY.result.json`); nothing uploaded is deleted. A
+failed training job leaves the profile where it was, to be retried. Exit 0 when the new
+model serves (or nothing waits), 1 when the profile, the gate or the rollout said no,
+2 when the profile cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+import dataset_prep
+import quality_gate
+import s3_objects
+import training_job
+from dagm_defects.data.profile import ProfileReport, validate_profile
+from deploy import Deployer, Options, Refused, name_part
+
+CURRENT = "current.json"  # under --datasets: the prefix the last rolled-out model trained on
+
+
+def local_reader(root: Path) -> Callable[[str], bytes | None]:
+    def read(key: str) -> bytes | None:
+        path = root / key
+        return path.read_bytes() if path.is_file() else None
+
+    return read
+
+
+def load(profile: str, root: str | None) -> tuple[str, str, Callable[[str], bytes | None]]:
+    """The profile's name, text and how to read the objects it lists."""
+    if profile.startswith("s3://"):
+        bucket, key = s3_objects.split(profile)
+        read = s3_objects.reader(boto3.client("s3"), bucket)
+        data = read(key)
+        if data is None:
+            raise FileNotFoundError(f"{profile} does not exist")
+        return key, data.decode("utf-8-sig"), read
+    path = Path(profile)
+    return path.name, path.read_text(encoding="utf-8-sig"), local_reader(Path(root) if root else path.parent)
+
+
+def training_image(uri: str) -> str:
+    """`uri` itself, or for an ECR repository URI without tag or digest its newest image."""
+    if "@" in uri or ":" in uri.rsplit("/", 1)[-1] or "/" not in uri:
+        return uri
+    repository = uri.split("/", 1)[1]
+    pages = boto3.client("ecr").get_paginator("describe_images").paginate(repositoryName=repository)
+    images = [image for page in pages for image in page["imageDetails"]]
+    if not images:
+        raise Refused(f"ECR repository {repository} has no image to train with")
+    return f"{uri}@{max(images, key=lambda image: image['imagePushedAt'])['imageDigest']}"
+
+
+class Flow:
+    """One profile through validation, training, the gate and the rollout."""
+
+    def __init__(self, args: argparse.Namespace, profile: str):
+        self.args = args
+        self.profile = profile
+        self.bucket, self.key = s3_objects.split(profile)
+        self.s3, self.sagemaker, self.sns = boto3.client("s3"), boto3.client("sagemaker"), boto3.client("sns")
+        self.result: dict = {"profile": profile}
+
+    def say(self, message: str) -> None:
+        print(f"[retrain {self.key}] {message}", flush=True)
+
+    def notify(self, subject: str) -> None:
+        self.say(subject)
+        if self.args.topic:
+            self.sns.publish(TopicArn=self.args.topic, Subject=subject[:100],
+                             Message=subject + "\n" + json.dumps(self.result, indent=2, default=str))
+
+    def finish(self, outcome: str, subject: str, place: str) -> None:
+        """Record the outcome, move the profile to `place/` with the result beside it, notify."""
+        self.result["outcome"] = outcome
+        new_key = f"{place}/{self.key}"
+        s3_objects.put_json(self.s3, self.bucket, new_key + (".report.json" if place == "rejected" else ".result.json"),
+                            self.result)
+        s3_objects.move(self.s3, self.bucket, self.key, new_key)
+        self.result["moved_to"] = f"s3://{self.bucket}/{new_key}"
+        self.notify(subject)
+
+    def run(self) -> int:
+        name, text, read = load(self.profile, None)
+        report: ProfileReport = validate_profile(name, text, read)
+        self.result["validation"] = report.to_dict()
+        if not report.ok:
+            self.finish("rejected", f"DAGM retraining: profile {self.key} rejected, "
+                                    f"{len(report.problems)} problem(s)", "rejected")
+            return 1
+        self.say(f"valid: {len(report.rows)} rows")
+        serving = self.serving()
+        tag = time.strftime("%Y%m%d-%H%M%S")
+        prepared = dataset_prep.prepare(self.s3, self.current_data(), report.rows, self.bucket,
+                                        Path(self.key).stem + "-" + tag, f"{self.datasets()}{Path(self.key).stem}-{tag}/")
+        self.result["dataset"] = prepared.__dict__
+        self.say(f"training data {prepared.uri}: {prepared.copied} objects kept, {prepared.added} rows added")
+
+        job = name_part(f"dagm-retrain-{tag}", 63)
+        channels = {"train": prepared.uri, **({"model": serving["model_data"]} if serving else {})}
+        hyperparameters = {**self.args.hyperparameters, **({"warm_start": "true"} if self.args.warm_start and serving else {})}
+        training_job.start(self.sagemaker, job, training_image(self.args.training_image), self.args.role, channels, self.output(),
+                           hyperparameters, self.args.instance_type, self.args.max_runtime)
+        self.result["job"] = job
+        self.say(f"training job {job} started")
+        try:
+            model_data = training_job.wait(self.sagemaker, job, self.args.poll_seconds)
+            evaluation = training_job.evaluation(self.s3, job, model_data)
+        except training_job.JobFailed as failed:
+            self.result.update(outcome="training_failed", reason=str(failed))
+            self.notify(f"DAGM retraining: {failed}"[:100])
+            return 1
+        self.result["model_data"] = model_data
+        verdict = quality_gate.judge(evaluation, self.args.margin, self.args.min_ap)
+        self.result.update(gate={"passed": verdict.passed, "reasons": verdict.reasons, "margin": self.args.margin},
+                           comparison=verdict.comparison)
+        print(verdict.table(), flush=True)
+        if not verdict.passed:
+            self.finish("gate_failed", f"DAGM retraining: candidate from {self.key} failed the quality gate, "
+                                       f"not deployed", "processed")
+            return 1
+        return self.roll_out(serving, model_data, report, read, tag, prepared.uri)
+
+    def roll_out(self, serving: dict | None, model_data: str, report: ProfileReport, read, tag: str, data: str) -> int:
+        image = self.args.serve_image or (serving or {}).get("image")
+        if not image:
+            raise Refused("no serving model to take the serving image from: give --serve-image")
+        # The pre-traffic check uses the team's own new images.
+        samples = [read(row.image_key) for row in report.rows[:2]]
+        options = Options(self.args.endpoint, image, model_data, self.args.role, name_part(f"r{tag}", 40),
+                          self.args.serving_instance_type, 1, self.args.steps, self.args.bake_seconds, [],
+                          samples, self.args.latency_ms, self.args.alarm_period, "variants")
+        try:
+            Deployer(self.args.endpoint, self.args.poll_seconds).deploy(options)
+        except Refused as refused:
+            self.result["reason"] = str(refused)
+            self.finish("rolled_back", f"DAGM retraining: rollout of the model from {self.key} stopped", "processed")
+            return 1
+        datasets_bucket, datasets_prefix = s3_objects.split(self.datasets())
+        s3_objects.put_json(self.s3, datasets_bucket, datasets_prefix + CURRENT, {"data": data, "model_data": model_data})
+        self.result["variant"] = name_part(f"v-{options.version}", 63)
+        self.finish("deployed", f"DAGM retraining: model from {self.key} now serves {self.args.endpoint}", "processed")
+        return 0
+
+    def serving(self) -> dict | None:
+        """The variant with the most traffic, or None without an endpoint."""
+        try:
+            variants = Deployer(self.args.endpoint).status()["variants"]
+        except Refused:
+            return None
+        chosen = max(variants, key=lambda v: v["weight"] or 0)
+        self.result["serving"] = {k: chosen[k] for k in ("variant", "model", "image", "model_data")}
+        return chosen
+
+    def datasets(self) -> str:
+        return self.args.datasets or f"s3://{self.bucket}/datasets/"
+
+    def output(self) -> str:
+        return self.args.output or f"s3://{self.bucket}/models"
+
+    def current_data(self) -> str:
+        """The data the serving model was retrained on, so profiles accumulate; else --data."""
+        bucket, prefix = s3_objects.split(self.datasets())
+        pointer = s3_objects.reader(self.s3, bucket)(prefix + CURRENT)
+        return json.loads(pointer)["data"] if pointer else self.args.data
+
+
+def oldest_waiting(prefix: str) -> str | None:
+    bucket, key_prefix = s3_objects.split(prefix)
+    found = [item for item in s3_objects.objects_under(boto3.client("s3"), bucket, key_prefix)
+             if item["Key"].lower().endswith((".csv", ".txt"))]
+    return f"s3://{bucket}/{min(found, key=lambda item: item['LastModified'])['Key']}" if found else None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser("validate", help="check a dataset profile and everything it lists")
+    validate.add_argument("--profile", required=True, help="a .csv or .txt profile: a path or an s3:// URI")
+    validate.add_argument("--root", help="where a local profile's keys resolve (default: its directory)")
+    run = commands.add_parser("run", help="validate, train, gate and roll out one profile")
+    which = run.add_mutually_exclusive_group(required=True)
+    which.add_argument("--profile", help="s3:// URI of the profile")
+    which.add_argument("--waiting", help="s3:// prefix: run its oldest profile, if any")
+    run.add_argument("--data", required=True, help="s3:// prefix of the DAGM training data before any profile")
+    run.add_argument("--datasets", help="s3:// prefix for prepared datasets (default: s3://PROFILE_BUCKET/datasets/)")
+    run.add_argument("--output", help="s3:// prefix for training output (default: s3://PROFILE_BUCKET/models)")
+    run.add_argument("--endpoint", required=True)
+    run.add_argument("--role", required=True, help="SageMaker execution role ARN")
+    run.add_argument("--training-image", required=True,
+                     help="training image URI; an ECR repository URI alone means its newest image")
+    run.add_argument("--serve-image", help="default: the image the endpoint serves with now")
+    run.add_argument("--topic", help="SNS topic ARN for the outcome")
+    run.add_argument("--margin", type=float, default=0.02, help="AP a class may lose against the serving model (negative: AP it must gain)")
+    run.add_argument("--min-ap", type=float, default=0.9, help="overall test AP without a serving model")
+    run.add_argument("--warm-start", action="store_true", help="start from the serving model's weights")
+    run.add_argument("--hyperparameters", default="{}", type=_hyperparameters)
+    run.add_argument("--instance-type", default="ml.g5.xlarge")
+    run.add_argument("--serving-instance-type", default="ml.m5.large")
+    run.add_argument("--max-runtime", type=int, default=86400)
+    run.add_argument("--steps", default="10,50,100", type=_steps)
+    run.add_argument("--bake-seconds", type=float, default=300)
+    run.add_argument("--latency-ms", type=float, default=2000)
+    run.add_argument("--alarm-period", type=int, default=60)
+    run.add_argument("--poll-seconds", type=float, default=30)
+    return parser.parse_args(argv)
+
+
+def _hyperparameters(text: str) -> dict[str, str]:
+    try:
+        values = json.loads(text)
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+    except (ValueError, AttributeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object") from None
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        steps = []
+    if not steps or steps != sorted(steps) or not 0 < steps[0] <= steps[-1] == 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: rising percentages from 1 that end at 100")
+    return steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "validate":
+            name, text, read = load(args.profile, args.root)
+            report = validate_profile(name, text, read)
+            print(json.dumps({"profile": args.profile, **report.to_dict()}, indent=2))
+            return 0 if report.ok else 1
+        profile = args.profile or oldest_waiting(args.waiting)
+        if profile is None:
+            print(f"retrain: no profile waiting under {args.waiting}")
+            return 0
+        return Flow(args, profile).run()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"retrain: cannot read the profile or its objects: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a malformed s3:// URI
+        print(f"retrain: {exc}", file=sys.stderr)
+        return 2
+    except Refused as refused:
+        print(f"retrain: {refused}", file=sys.stderr)
+        return 1
+    except (ClientError, BotoCoreError) as error:
+        print(f"retrain: AWS error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""A SageMaker training job with our training image: start it, wait for it, read the
+evaluation.json it wrote (inside output.tar.gz, next to model.tar.gz)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+
+from botocore.exceptions import ClientError
+
+from s3_objects import split
+
+
+class JobFailed(Exception):
+    """The one-line reason a job gives no usable model."""
+
+
+def start(sagemaker, name: str, image: str, role: str, channels: dict[str, str], output: str,
+          hyperparameters: dict[str, str], instance_type: str, max_runtime: int) -> None:
+    """`channels`: name -> s3:// prefix (or one object, as for a model.tar.gz)."""
+    sagemaker.create_training_job(
+        TrainingJobName=name, RoleArn=role, HyperParameters=hyperparameters,
+        AlgorithmSpecification={"TrainingImage": image, "TrainingInputMode": "File"},
+        InputDataConfig=[{"ChannelName": channel, "ContentType": "image/png", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}}
+            for channel, uri in channels.items()],
+        OutputDataConfig={"S3OutputPath": output},
+        ResourceConfig={"InstanceType": instance_type, "InstanceCount": 1, "VolumeSizeInGB": 50},
+        StoppingCondition={"MaxRuntimeInSeconds": max_runtime},
+    )
+
+
+def wait(sagemaker, name: str, poll_seconds: float) -> str:
+    """The job's model.tar.gz URI once it completed."""
+    while (job := sagemaker.describe_training_job(TrainingJobName=name))["TrainingJobStatus"] in ("InProgress", "Stopping"):
+        time.sleep(poll_seconds)
+    if job["TrainingJobStatus"] != "Completed":
+        raise JobFailed(f"training job {name} {job['TrainingJobStatus'].lower()}: {job.get('FailureReason', 'no reason given')}")
+    return job["ModelArtifacts"]["S3ModelArtifacts"]
+
+
+def evaluation(s3, name: str, model_data: str) -> dict:
+    bucket, key = split(model_data.rsplit("/", 1)[0] + "/output.tar.gz")
+    try:
+        archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            result = json.load(tar.extractfile("evaluation.json"))
+        float(result["overall"]["ap"])
+        return result
+    except (ClientError, tarfile.TarError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise JobFailed(f"training job {name}: no readable evaluation.json in s3://{bucket}/{key} ({exc})") from None

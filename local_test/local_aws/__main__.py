@@ -1,0 +1,58 @@
+"""`make local-aws`: run the local AWS in the foreground until interrupted.
+
+    PYTHONPATH=local_test python -m local_aws [--port 4566]
+
+Prints `local AWS ready at http://127.0.0.1:PORT` once it answers. Clients use
+AWS_ENDPOINT_URL=http://127.0.0.1:PORT with any credentials (e.g. testing/testing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import urllib.request
+
+from moto.server import ThreadedMotoServer
+
+from local_aws import alarms, builds
+from local_aws.extensions import install
+from local_aws.hosting import Hosting
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="local AWS: moto plus real SageMaker endpoints")
+    parser.add_argument("--port", type=int, default=4566)
+    args = parser.parse_args()
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    hosting = Hosting()
+    install(hosting)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"local-aws: error: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    url = f"http://127.0.0.1:{args.port}"
+    hosting.aws_env = {"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    builds.install(hosting.aws_env, hosting.work)
+    urllib.request.urlopen(f"{url}/moto-api/", timeout=10).read()  # answers: ready
+    print(f"local AWS ready at {url}", flush=True)
+
+    stop = threading.Event()
+    alarms.start(stop)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("local AWS stopping: endpoints' serve processes first", flush=True)
+    hosting.shutdown()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""What this project adds to moto, installed into its classes in-process.
+
+- Endpoints are real: CreateEndpoint starts a `serve` process per variant on the model
+  data in the local S3; the endpoint is `Creating` until every variant answers /ping,
+  then `InService` (or `Failed` with the reason).
+- UpdateEndpoint (moto answers HTTP 500): `Updating` while the new config's variants
+  start; then they take over and the old processes stop (with a blue/green
+  `DeploymentConfig`, in its steps under its rollback alarms: guardrails.py). If they cannot start, the
+  endpoint stays on its old config, `InService`, with a FailureReason, as SageMaker does.
+- InvokeEndpoint (moto returns canned bodies): routed by the variants' current weights,
+  or to `TargetVariant`; answers `InvokedProductionVariant`; a model's non-200 answer is
+  a `ModelError` with the original status, as SageMaker reports it. Each call publishes
+  `Invocations`, `Invocation4XXErrors`, `Invocation5XXErrors` and `ModelLatency` to the
+  local CloudWatch (namespace AWS/SageMaker, dimensions EndpointName and VariantName).
+- Binary request bodies (PNG, .npy) reach the model as they are; moto decodes every
+  body as UTF-8 and fails on them.
+- Training jobs really run (training.py).
+- Variant weights: moto drops an `InitialVariantWeight` of 0 (a canary's starting point)
+  and has no default; here 0 stays 0 and an absent weight is 1.0.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from moto.cloudwatch.models import cloudwatch_backends
+from moto.s3.models import s3_backends
+from moto.sagemaker import models as sagemaker_models
+from moto.sagemaker import responses as sagemaker_responses
+from moto.sagemaker.exceptions import ValidationError
+from moto.sagemakerruntime import responses as runtime_responses
+
+from local_aws import guardrails, training
+from local_aws.hosting import Hosting
+
+
+def _variants(production_variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    variants = []
+    for given in production_variants:
+        weight = float(given.get("InitialVariantWeight", 1.0))
+        count = int(given.get("InitialInstanceCount", 1))
+        variants.append({"VariantName": given["VariantName"], "CurrentWeight": weight, "DesiredWeight": weight,
+                         "CurrentInstanceCount": count, "DesiredInstanceCount": count})
+    return variants
+
+
+def _weights(config: dict) -> dict[str, float]:
+    return {v["VariantName"]: v["CurrentWeight"] for v in _variants(config["ProductionVariants"])}
+
+
+def _model_data(backend, model_name: str) -> bytes:
+    model = backend.describe_model(model_name)
+    url = (model.primary_container or {}).get("ModelDataUrl", "")
+    if not url.startswith("s3://"):
+        raise ValueError(f"model {model_name} has no s3:// ModelDataUrl ({url!r})")
+    bucket, _, key = url[len("s3://"):].partition("/")
+    s3 = s3_backends[backend.account_id]["aws"]
+    return s3.get_object(bucket, key).value
+
+
+def _model_environment(backend, model_name: str) -> dict[str, str]:
+    return dict((backend.describe_model(model_name).primary_container or {}).get("Environment") or {})
+
+
+def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, on_failure) -> None:
+    """Start the config's variants in the background; call on_ready(processes) or on_failure(reason)."""
+
+    def run():
+        try:
+            config = backend.describe_endpoint_config(config_name)
+            models = {v["VariantName"]: (v["ModelName"], _model_data(backend, v["ModelName"]),
+                                         _model_environment(backend, v["ModelName"]))
+                      for v in config["ProductionVariants"]}
+        except Exception as exc:  # a missing model or S3 object: the endpoint says why
+            on_failure(f"{type(exc).__name__}: {exc}")
+            return
+        processes, failure = hosting.start_variants(models)
+        if failure:
+            on_failure(failure)
+        else:
+            on_ready(processes, config)
+
+    threading.Thread(target=run, name=f"endpoint-{endpoint.endpoint_name}", daemon=True).start()
+
+
+def install(hosting: Hosting) -> None:
+    SageMakerBackend = sagemaker_models.SageMakerModelBackend
+    original_create = SageMakerBackend.create_endpoint
+    original_delete = SageMakerBackend.delete_endpoint
+
+    sagemaker_models.FakeEndpoint._process_production_variants = lambda self, pv: _variants(pv)
+
+    def create_endpoint(self, endpoint_name, endpoint_config_name, tags):
+        if endpoint_name in self.endpoints:
+            raise ValidationError(message=f"Cannot create already existing endpoint \"{endpoint_name}\".")
+        endpoint = original_create(self, endpoint_name, endpoint_config_name, tags)
+        endpoint.endpoint_status = "Creating"
+
+        def ready(processes, config):
+            hosting.replace(endpoint_name, processes, _weights(config))
+            endpoint.endpoint_status = "InService"
+
+        def failed(reason):
+            endpoint.endpoint_status, endpoint.failure_reason = "Failed", reason
+
+        _bring_up(self, hosting, endpoint, endpoint_config_name, ready, failed)
+        return endpoint
+
+    def update_endpoint(self, endpoint_name, endpoint_config_name, deployment_config=None):
+        endpoint = self.endpoints.get(endpoint_name)
+        if endpoint is None:
+            raise ValidationError(message=f"Could not find endpoint \"{endpoint_name}\".")
+        if endpoint.endpoint_status != "InService":
+            raise ValidationError(
+                message=f"Cannot update in-progress endpoint \"{endpoint_name}\" (status {endpoint.endpoint_status}).")
+        self.describe_endpoint_config(endpoint_config_name)  # ValidationError when missing
+        endpoint.endpoint_status, endpoint.failure_reason = "Updating", None
+
+        def take_over(processes, config):
+            hosting.replace(endpoint_name, processes, _weights(config))
+            endpoint.endpoint_config_name = endpoint_config_name
+            endpoint.production_variants = _variants(config["ProductionVariants"])
+            endpoint.endpoint_status = "InService"
+
+        def failed(reason):
+            endpoint.endpoint_status, endpoint.failure_reason = "InService", f"update rolled back: {reason}"
+
+        def ready(processes, config):
+            if not (deployment_config or {}).get("BlueGreenUpdatePolicy"):
+                take_over(processes, config)
+                return
+            guardrails.run(hosting, endpoint_name, processes, _weights(config), deployment_config, self.account_id,
+                           self.region_name, lambda: take_over(processes, config), failed)
+
+        _bring_up(self, hosting, endpoint, endpoint_config_name, ready, failed)
+        return endpoint.arn
+
+    def delete_endpoint(self, endpoint_name):
+        original_delete(self, endpoint_name)
+        hosting.remove(endpoint_name)
+
+    original_create_training_job = SageMakerBackend.create_training_job
+
+    def create_training_job(self, training_job_name, *args, **kwargs):
+        if training_job_name in self.training_jobs:
+            raise ValidationError(message=f"Training job {training_job_name} already exists")
+        job = original_create_training_job(self, training_job_name, *args, **kwargs)
+        training.start(job, self.account_id, hosting.work)
+        return job
+
+    SageMakerBackend.create_training_job = create_training_job
+    SageMakerBackend.create_endpoint = create_endpoint
+    SageMakerBackend.update_endpoint = update_endpoint
+    SageMakerBackend.delete_endpoint = delete_endpoint
+
+    def update_endpoint_response(self):
+        arn = self.sagemaker_backend.update_endpoint(
+            self._get_param("EndpointName"), self._get_param("EndpointConfigName"),
+            self._get_param("DeploymentConfig"))
+        return sagemaker_responses.ActionResult({"EndpointArn": arn})
+
+    sagemaker_responses.SageMakerResponse.update_endpoint = update_endpoint_response
+
+    def invoke_endpoint(self):
+        name = self.path.split("/")[2]
+        backend = sagemaker_models.sagemaker_backends[self.current_account][self.region]
+        endpoint = backend.endpoints.get(name)
+        if endpoint is None or endpoint.endpoint_status not in ("InService", "Updating"):
+            return _error(400, "ValidationError", f"Endpoint {name} of account {self.current_account} not found"
+                          if endpoint is None else f"Endpoint {name} is {endpoint.endpoint_status}")
+        weights = {v["VariantName"]: float(v.get("CurrentWeight", 1.0)) for v in endpoint.production_variants}
+        try:
+            variant, process = hosting.route(name, weights, self.headers.get("X-Amzn-SageMaker-Target-Variant"))
+        except LookupError as exc:
+            return _error(400, "ValidationError", str(exc))
+        forwarded = {k: v for k in ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+                     if (v := self.headers.get(k)) is not None}
+        started = time.perf_counter()
+        try:
+            raw = self.raw_body
+            status, headers, body = process.invoke(raw if isinstance(raw, bytes) else (raw or "").encode(), forwarded)
+        except OSError as exc:
+            status, headers, body = 503, {}, json.dumps({"error": f"model container unreachable: {exc}"}).encode()
+        latency_us = (time.perf_counter() - started) * 1e6
+        _publish(self.current_account, self.region, name, variant, status, latency_us)
+        if status != 200:
+            return _error(424, "ModelError", f"Received client error ({status}) from primary with message "
+                          f"\"{body.decode(errors='replace')}\"", {"OriginalStatusCode": status,
+                                                                   "OriginalMessage": body.decode(errors="replace")})
+        return 200, {"Content-Type": headers.get("Content-Type", "application/json"),
+                     "x-Amzn-Invoked-Production-Variant": variant}, body
+
+    runtime_responses.SageMakerRuntimeResponse.invoke_endpoint = invoke_endpoint
+    # Image bodies are binary: moto would decode every body as UTF-8 and answer 500.
+    runtime_responses.SageMakerRuntimeResponse.use_raw_body = True
+
+
+def _error(status: int, code: str, message: str, extra: dict | None = None):
+    body = {"__type": code, "message": message, **(extra or {})}
+    # moto takes the status from the headers' "status", not from the tuple.
+    return status, {"status": status, "x-amzn-ErrorType": code, "Content-Type": "application/json"}, json.dumps(body)
+
+
+def _publish(account: str, region: str, endpoint: str, variant: str, status: int, latency_us: float) -> None:
+    dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
+    metrics = [("Invocations", 1.0, "None"), ("Invocation4XXErrors", float(400 <= status < 500), "None"),
+               ("Invocation5XXErrors", float(status >= 500), "None"), ("ModelLatency", latency_us, "Microseconds")]
+    cloudwatch_backends[account][region].put_metric_data("AWS/SageMaker", [
+        {"MetricName": name, "Value": value, "Unit": unit, "Dimensions": dimensions} for name, value, unit in metrics
+    ])

@@ -1,0 +1,186 @@
+"""Endpoints backed by real serving processes.
+
+Each production variant of an endpoint runs `local_test/serve_local.sh` (the serving
+image's entry command: Docker where a daemon answers, else .venv) on its model's data,
+fetched from the local S3. Requests are routed by the variants' current weights, or to
+`TargetVariant`, exactly as SageMaker routes them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE_LOCAL = REPO / "local_test" / "serve_local.sh"
+READY_TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class VariantProcess:
+    """One `serve` process for one model (a variant's single instance)."""
+
+    def __init__(self, model_name: str, model_data: bytes, work: Path, environment: dict[str, str]):
+        self.model_name = model_name
+        self.dir = work / f"{model_name}-{os.urandom(4).hex()}"
+        (self.dir / "model").mkdir(parents=True)
+        (self.dir / "model" / "model.tar.gz").write_bytes(model_data)
+        self.port = _free_port()
+        self.log_path = self.dir / "serve.log"
+        self.in_flight, self.counting = 0, threading.Lock()
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [str(SERVE_LOCAL), str(self.dir / "model"), str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **environment},
+            )
+
+    def wait_ready(self) -> str | None:
+        """None once /ping says 200; else why not (the process's last log lines)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                lines = self.log_path.read_text().strip().splitlines()
+                reason = [line for line in lines if line.startswith("serve: error:")] or lines[-3:]
+                return f"serve for model {self.model_name} exited with {self.process.returncode}: " + " | ".join(reason)
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/ping")
+                if connection.getresponse().status == 200:
+                    return None
+            except OSError:
+                pass
+            time.sleep(0.1)
+        return f"serve for model {self.model_name} not ready within {READY_TIMEOUT_S} s"
+
+    def invoke(self, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+        with self.counting:
+            self.in_flight += 1
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=70)
+        try:
+            connection.request("POST", "/invocations", body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+            with self.counting:
+                self.in_flight -= 1
+
+    def drain(self, quiet_s: float = 0.5, limit_s: float = 30.0) -> None:
+        """Wait until no request has been in flight for `quiet_s`: a request routed here just
+        before traffic moved away still gets its answer, as SageMaker drains an instance."""
+        deadline, quiet_since = time.monotonic() + limit_s, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
+            if self.in_flight:
+                quiet_since = time.monotonic()
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.drain()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@dataclass
+class HostedEndpoint:
+    """The processes serving an endpoint, by variant name; during a blue/green update the
+    green fleet takes `green_share` of the traffic, split by `green_weights`."""
+
+    variants: dict[str, VariantProcess] = field(default_factory=dict)
+    # The config's weights when these processes took over: moto's live weights can name
+    # the previous variants for a moment after a switch.
+    weights: dict[str, float] = field(default_factory=dict)
+    green: dict[str, VariantProcess] = field(default_factory=dict)
+    green_weights: dict[str, float] = field(default_factory=dict)
+    green_share: float = 0.0
+
+
+class Hosting:
+    def __init__(self, work: Path | None = None):
+        self.work = work or Path(tempfile.mkdtemp(prefix="local-aws-"))
+        # What a serving container needs to reach this local AWS (its CloudWatch: drift
+        # metrics), as a container on SageMaker reaches AWS; set once the server listens.
+        self.aws_env: dict[str, str] = {}
+        self.endpoints: dict[str, HostedEndpoint] = {}
+        self.lock = threading.Lock()
+
+    def start_variants(self, models: dict[str, tuple[str, bytes, dict]]) -> tuple[dict[str, VariantProcess], str | None]:
+        """Start one process per variant ({variant: (model name, model data, container
+        environment)}) and wait until all are ready; on failure stop them all and say why."""
+        started = {variant: VariantProcess(name, data, self.work, {**self.aws_env, **environment})
+                   for variant, (name, data, environment) in models.items()}
+        failures = [reason for p in started.values() if (reason := p.wait_ready())]
+        if failures:
+            for process in started.values():
+                process.stop()
+            return {}, "; ".join(failures)
+        return started, None
+
+    def replace(self, endpoint: str, variants: dict[str, VariantProcess], weights: dict[str, float]) -> None:
+        """Make `variants` the endpoint's processes; stop the ones no longer used."""
+        with self.lock:
+            old = self.endpoints.get(endpoint, HostedEndpoint()).variants
+            self.endpoints[endpoint] = HostedEndpoint(variants, weights)
+        for name, process in old.items():
+            if variants.get(name) is not process:
+                process.stop()
+
+    def shift(self, endpoint: str, green: dict[str, VariantProcess], weights: dict[str, float], share: float) -> None:
+        """Send `share` (0..1) of the endpoint's traffic to the green fleet."""
+        with self.lock:
+            hosted = self.endpoints[endpoint]
+            hosted.green, hosted.green_weights, hosted.green_share = green, weights, share
+
+    def drop_green(self, endpoint: str) -> None:
+        with self.lock:
+            hosted = self.endpoints[endpoint]
+            green, hosted.green, hosted.green_share = hosted.green, {}, 0.0
+        for process in green.values():
+            process.stop()
+
+    def remove(self, endpoint: str) -> None:
+        self.replace(endpoint, {}, {})
+        with self.lock:
+            self.endpoints.pop(endpoint, None)
+
+    def route(self, endpoint: str, weights: dict[str, float], target: str | None) -> tuple[str, VariantProcess]:
+        hosted = self.endpoints.get(endpoint)
+        if hosted is None or not hosted.variants:
+            raise LookupError(f"Endpoint {endpoint} is not in service")
+        if target:
+            fleet = hosted.variants if target in hosted.variants else hosted.green
+            if target not in fleet:
+                raise LookupError(f"Variant {target} not found for endpoint {endpoint}")
+            return target, fleet[target]
+        if hosted.green and random.random() < hosted.green_share:
+            names = [n for n in hosted.green if hosted.green_weights.get(n, 0) > 0]
+            name = random.choices(names, weights=[hosted.green_weights[n] for n in names])[0]
+            return name, hosted.green[name]
+        live = {n: weights.get(n, hosted.weights.get(n, 0.0)) for n in hosted.variants}
+        names = [n for n, w in live.items() if w > 0]
+        if not names:
+            raise LookupError(f"Endpoint {endpoint} has no variant with a weight above 0")
+        name = random.choices(names, weights=[live[n] for n in names])[0]
+        return name, hosted.variants[name]
+
+    def shutdown(self) -> None:
+        for endpoint in list(self.endpoints):
+            self.remove(endpoint)

@@ -1,0 +1,158 @@
+"""Create deploy/pipeline.yml's retraining resources on the local AWS, from the template.
+
+    AWS_ENDPOINT_URL=http://127.0.0.1:4566 .venv/bin/python local_test/retraining_stack.py \\
+        --bucket dagm-data --endpoint dagm --topic SNS_ARN [--role ARN] \\
+        [--training-image dagm-defects-train:latest] [--parameter Name=Value ...] \
+        [--variable NAME=VALUE ...] [--alarm-period 300]
+
+The data bucket's EventBridge notifications, the RetrainProject CodeBuild project (its
+buildspec and every environment variable as the template computes it from the
+parameters), the RetrainOnProfile and RetrainOnDrift rules with their targets, and the
+DriftAlarm: what a `cloudformation deploy` of the stack would create for retraining,
+with the stack's bucket, topic, role and training repository given on the command line
+(the local AWS has no CloudFormation). Then dropping a profile under the profiles
+prefix runs the whole flow (deploy/retrain.py), as in the cloud. `--parameter` sets
+template parameters (e.g. RetrainHyperparameters, BakeSeconds); `--variable` overrides one
+of the project's environment variables (e.g. POLL_SECONDS), and `--alarm-period` the
+drift alarm's period, to make a demonstration quick. Prints what it made as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import boto3
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "pipeline.yml"
+REGION, ACCOUNT = "us-east-1", "123456789012"
+
+
+class Tag:
+    def __init__(self, name: str, value):
+        self.name, self.value = name, value
+
+
+class Loader(yaml.SafeLoader):
+    """CloudFormation YAML: short-form intrinsic functions kept as Tag objects."""
+
+
+Loader.add_multi_constructor("!", lambda loader, suffix, node: Tag(suffix, (
+    loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else
+    loader.construct_sequence(node, deep=True) if isinstance(node, yaml.SequenceNode) else
+    loader.construct_mapping(node, deep=True))))
+
+
+class Stack:
+    """The template's values, resolved against parameters and the given resources."""
+
+    def __init__(self, template: dict, parameters: dict[str, str], resources: dict[str, str]):
+        self.template = template
+        self.names = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", **resources}
+        for name, spec in template["Parameters"].items():
+            self.names[name] = str(parameters.get(name, spec.get("Default", "")))
+        unknown = set(parameters) - set(template["Parameters"])
+        if unknown:
+            raise SystemExit(f"retraining_stack: unknown template parameter(s): {', '.join(sorted(unknown))}")
+
+    def resolve(self, value):
+        if isinstance(value, dict):
+            return {k: self.resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, Tag):
+            return value
+        if value.name in ("Ref", "GetAtt"):
+            return self.lookup(value.value if isinstance(value.value, str) else ".".join(value.value))
+        if value.name == "Sub":
+            return re.sub(r"\$\{([^}]+)\}", lambda m: self.lookup(m.group(1)), value.value)
+        if value.name == "If":
+            condition, when_true, when_false = value.value
+            return self.resolve(when_true if self.condition(condition) else when_false)
+        raise SystemExit(f"retraining_stack: !{value.name} is not supported here")
+
+    def condition(self, name: str) -> bool:
+        spec = self.template["Conditions"][name]
+        if isinstance(spec, Tag) and spec.name == "Equals":
+            left, right = (self.resolve(v) for v in spec.value)
+            return left == right
+        raise SystemExit(f"retraining_stack: condition {name} is not an !Equals")
+
+    def lookup(self, name: str) -> str:
+        if name not in self.names:
+            raise SystemExit(f"retraining_stack: the template refers to {name}, which this script does not provide")
+        return self.names[name]
+
+    def properties(self, resource: str) -> dict:
+        return self.resolve(self.template["Resources"][resource]["Properties"])
+
+
+def create(args: argparse.Namespace) -> dict:
+    template = yaml.load(TEMPLATE.read_text(), Loader=Loader)
+    parameters = dict(item.split("=", 1) for item in args.parameter)
+    codebuild, events, cloudwatch = boto3.client("codebuild"), boto3.client("events"), boto3.client("cloudwatch")
+    project_name = f"{parameters.get('ProjectName', template['Parameters']['ProjectName']['Default'])}-retrain"
+    alarm_name = f"{parameters.get('EndpointName', args.endpoint)}-input-drift"
+    resources = {
+        "DataBucket": args.bucket, "NotificationTopic": args.topic, "SageMakerExecutionRole.Arn": args.role,
+        "TrainRepository.RepositoryUri": args.training_image, "RetrainEventsRole.Arn": args.role,
+        "CodeBuildRole.Arn": args.role,
+        "RetrainProject.Arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{project_name}",
+        "DriftAlarm.Arn": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{alarm_name}",
+    }
+    stack = Stack(template, {"EndpointName": args.endpoint, **parameters}, resources)
+
+    boto3.client("s3").put_bucket_notification_configuration(
+        Bucket=args.bucket, NotificationConfiguration={"EventBridgeConfiguration": {}})
+    project = stack.properties("RetrainProject")
+    variables = {v["Name"]: str(v["Value"]) for v in project["Environment"]["EnvironmentVariables"]}
+    overrides = dict(item.split("=", 1) for item in args.variable)
+    if set(overrides) - set(variables):
+        raise SystemExit(f"retraining_stack: RetrainProject has no variable(s) {', '.join(sorted(set(overrides) - set(variables)))}")
+    variables.update(overrides)
+    codebuild.create_project(
+        name=project["Name"], serviceRole=args.role, artifacts={"type": project["Artifacts"]["Type"]},
+        source={"type": project["Source"]["Type"], "location": project["Source"]["Location"],
+                "buildspec": project["Source"]["BuildSpec"]},
+        environment={"type": project["Environment"]["Type"], "image": project["Environment"]["Image"],
+                     "computeType": project["Environment"]["ComputeType"],
+                     "environmentVariables": [{"name": name, "value": value} for name, value in variables.items()]})
+    alarm = stack.properties("DriftAlarm")
+    alarm.pop("AlarmActions")  # the topic hears from retrain.py itself; the local AWS sends no alarm actions
+    if args.alarm_period:
+        alarm.update(Period=args.alarm_period, EvaluationPeriods=1)
+    cloudwatch.put_metric_alarm(**{**alarm, "Threshold": float(alarm["Threshold"])})
+    rules = {}
+    for rule_name in ("RetrainOnProfile", "RetrainOnDrift"):
+        rule = stack.properties(rule_name)
+        events.put_rule(Name=rule_name, EventPattern=json.dumps(rule["EventPattern"]), Description=rule["Description"])
+        events.put_targets(Rule=rule_name, Targets=rule["Targets"])
+        rules[rule_name] = rule["EventPattern"]
+    return {"bucket": args.bucket, "project": project["Name"], "alarm": alarm["AlarmName"], "rules": rules,
+            "environment": variables}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bucket", required=True, help="the stack's data bucket")
+    parser.add_argument("--endpoint", required=True, help="the EndpointName parameter")
+    parser.add_argument("--topic", required=True, help="the stack's SNS topic ARN")
+    parser.add_argument("--role", default=f"arn:aws:iam::{ACCOUNT}:role/sagemaker-execution")
+    parser.add_argument("--training-image", default="dagm-defects-train:latest")
+    parser.add_argument("--parameter", nargs="*", default=[], metavar="Name=Value", help="template parameters")
+    parser.add_argument("--variable", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="RetrainProject environment overrides")
+    parser.add_argument("--alarm-period", type=int, help="seconds per drift alarm evaluation (one period)")
+    args = parser.parse_args(argv)
+    if any("=" not in item for item in args.parameter + args.variable):
+        parser.error("--parameter and --variable take Name=Value items")
+    print(json.dumps(create(args), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

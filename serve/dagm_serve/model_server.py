@@ -1,0 +1,185 @@
+"""multi-model-server as a child process on private ports, driven through its
+management API.
+
+MMS reads its static configuration from `MMS_CONFIG_FILE` (docker/mms.properties,
+`enable_envvars_config=true`); what depends on the container's environment (ports,
+workers, timeouts, sizes) goes in as `MMS_*` variables. MMS runs in its own process
+group, so stopping it also stops the Python workers it forks, which MMS's own `--stop`
+can leave behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagm_serve.environment import ServingSettings
+
+HANDLER = "dagm_serve.handler:handle"
+# MMS's own size limit sits above a full batch, so the front's 413 is the one clients see.
+REQUEST_SIZE_SLACK = 1024 * 1024
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+# MMS 1.1 refuses ports from 32767 up ("Invalid port number"), i.e. every ephemeral port.
+MMS_PORTS = (20000, 32766)
+
+
+class ModelServerError(RuntimeError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _free_port(candidates: list[int], taken: set[int]) -> int:
+    for port in candidates:
+        if port in taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ModelServerError(0, f"no free port among {min(candidates)}-{max(candidates)} for multi-model-server")
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int
+    management: int
+
+    @classmethod
+    def pick(cls, settings: ServingSettings) -> "Ports":
+        """Two free ports from SAGEMAKER_SAFE_PORT_RANGE, else from MMS_PORTS, in random
+        order so servers started side by side rarely probe the same port."""
+        low, high = settings.safe_port_range or MMS_PORTS
+        candidates = list(range(low, min(high, MMS_PORTS[1]) + 1))
+        random.shuffle(candidates)
+        taken = {settings.port}
+        inference = _free_port(candidates, taken)
+        return cls(inference, _free_port(candidates, taken | {inference}))
+
+
+def error_message(body: bytes) -> str:
+    """The message of an MMS (or our own) JSON error body."""
+    try:
+        document = json.loads(body)
+        return str(document.get("message") or document.get("error") or document)
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace").strip()
+
+
+class ModelServer:
+    def __init__(self, settings: ServingSettings, config_file: Path, log_config: Path, work_dir: Path):
+        self.settings = settings
+        self.config_file = config_file
+        self.log_config = log_config
+        self.work_dir = work_dir
+        self.ports = Ports.pick(settings)
+        self.process: subprocess.Popen | None = None
+
+    def _environment(self) -> dict[str, str]:
+        s = self.settings
+        env = {
+            **os.environ,
+            "MMS_CONFIG_FILE": str(self.config_file),
+            "MMS_INFERENCE_ADDRESS": f"http://127.0.0.1:{self.ports.inference}",
+            "MMS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{self.ports.management}",
+            "MMS_DEFAULT_WORKERS_PER_MODEL": str(s.workers),
+            "MMS_DEFAULT_RESPONSE_TIMEOUT": str(s.response_timeout_s),
+            "MMS_MAX_REQUEST_SIZE": str(s.server_batch_size * s.max_payload_bytes + REQUEST_SIZE_SLACK),
+            "MMS_MAX_RESPONSE_SIZE": str(MAX_RESPONSE_BYTES),
+            # MMS keeps its pid file in the temp dir: one per server lets several run side by side.
+            "TEMP": str(self.work_dir),
+            "TMPDIR": str(self.work_dir),
+            "LOG_LOCATION": str(self.work_dir / "logs"),
+            "METRICS_LOCATION": str(self.work_dir / "logs"),
+        }
+        return env
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "mms.model_server", "--start", "--foreground",
+            "--mms-config", str(self.config_file), "--model-store", "/",
+            "--log-config", str(self.log_config),
+        ]
+        self.process = subprocess.Popen(command, env=self._environment(), start_new_session=True)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _call(self, method: str, path: str, port: int | None = None, timeout: float = 30) -> tuple[int, bytes]:
+        url = f"http://127.0.0.1:{port or self.ports.management}{path}"
+        request = urllib.request.Request(url, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def wait_until_up(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise ModelServerError(0, f"multi-model-server exited during start-up (code {self.process.returncode})")
+            try:
+                if self._call("GET", "/models", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise ModelServerError(0, f"multi-model-server did not answer within {timeout:.0f} s")
+
+    def register(self, name: str, model_dir: Path, timeout: float = 600) -> None:
+        """Load `model_dir` as `name` and return once every worker has loaded and warmed up."""
+        s = self.settings
+        query = urllib.parse.urlencode({
+            "url": str(model_dir.resolve()), "model_name": name, "handler": HANDLER,
+            # Batches arrive as one envelope (envelope.py): MMS's own batching stays off.
+            "batch_size": 1,
+            "initial_workers": s.workers, "synchronous": "true", "response_timeout": s.response_timeout_s,
+        })
+        status, body = self._call("POST", f"/models?{query}", timeout=timeout)
+        if status != 200:
+            raise ModelServerError(status, f"loading model {name!r} failed: {error_message(body)}")
+
+    def unregister(self, name: str) -> None:
+        status, body = self._call("DELETE", f"/models/{urllib.parse.quote(name)}", timeout=120)
+        if status != 200:
+            raise ModelServerError(status, f"unloading model {name!r} failed: {error_message(body)}")
+
+    def stop(self, grace: float = 10) -> None:
+        """TERM the whole process group, then KILL whatever is left after `grace` seconds."""
+        if self.process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(self.process.pid):
+                self.process.poll()
+                time.sleep(0.05)
+            if not _group_alive(self.process.pid):
+                break
+        self.process.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

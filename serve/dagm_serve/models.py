@@ -1,0 +1,134 @@
+"""Which models are loaded, and the multi-model API's rules for changing that.
+
+SageMaker's multi-model contract: `POST /models` {"model_name", "url"} loads (409 if
+that name is loaded, 507 if there is no memory for it), `GET /models[/{name}]` lists
+and describes, `DELETE /models/{name}` unloads (404 if absent). Single-model serving
+uses the same path for `/opt/ml/model`, so both modes load, check and warm a model
+identically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http import HTTPStatus
+from pathlib import Path
+
+from dagm_defects.artifact import WEIGHTS_FILE, ArtifactError, load_artifact
+from dagm_defects.archive import resolve_model_dir
+from dagm_serve.environment import ServingSettings
+from dagm_serve.model_server import ModelServer, ModelServerError
+from dagm_serve.predictor import check_outputs
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Resident memory of one MMS worker with torch imported and a model warmed up on the
+# CPU (measured: about 550 MB RSS); the weights come on top, once per worker.
+WORKER_MEMORY_MB = 560
+
+
+class RegistryError(Exception):
+    def __init__(self, status: HTTPStatus | int, message: str):
+        super().__init__(message)
+        self.status = int(status)
+
+
+def available_memory_mb() -> float:
+    """What this container can still allocate: MemAvailable, capped by a cgroup v2 limit."""
+    available = float("inf")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, (int(limit) - used) / 2**20)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+class ModelRegistry:
+    def __init__(self, server: ModelServer, settings: ServingSettings, scratch: Path):
+        self.server = server
+        self.settings = settings
+        self.scratch = scratch
+        self._models: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._models
+
+    def list(self) -> list[dict]:
+        return [{"modelName": n, "modelUrl": u} for n, u in sorted(self._models.copy().items())]
+
+    def describe(self, name: str) -> dict:
+        url = self._models.get(name)
+        if url is None:
+            raise RegistryError(HTTPStatus.NOT_FOUND, f"model {name!r} is not loaded")
+        return {"modelName": name, "modelUrl": url}
+
+    def load_request(self, body: bytes) -> dict:
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise RegistryError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON ({exc})") from None
+        if not (isinstance(document, dict) and isinstance(document.get("model_name"), str)
+                and isinstance(document.get("url"), str)):
+            raise RegistryError(HTTPStatus.BAD_REQUEST, 'body must be {"model_name": "...", "url": "/path/to/model"}')
+        return self.load(document["model_name"], document["url"])
+
+    def _check_memory(self, name: str, model_dir: Path) -> None:
+        weights_mb = (model_dir / WEIGHTS_FILE).stat().st_size / 2**20
+        needed = self.settings.workers * (WORKER_MEMORY_MB + weights_mb)
+        spare = available_memory_mb() - self.settings.memory_reserve_mb
+        if needed > spare:
+            raise RegistryError(
+                HTTPStatus.INSUFFICIENT_STORAGE,
+                f"not enough memory to load model {name!r}: it needs about {needed:.0f} MB, "
+                f"{max(spare, 0):.0f} MB are free above the {self.settings.memory_reserve_mb} MB "
+                f"reserve (DAGM_MEMORY_RESERVE_MB)",
+            )
+
+    def prepare(self, name: str, url: str) -> Path:
+        """The checked artefact directory for `url`: unpacked safely, loadable and answering
+        finite scores, since a clear message here beats an MMS worker that fails to start."""
+        if not NAME.match(name):
+            raise RegistryError(HTTPStatus.BAD_REQUEST,
+                                f"model name {name!r} must be 1-128 letters, digits, '.', '_' or '-'")
+        try:
+            model_dir = resolve_model_dir(Path(url), self.scratch / name)
+            check_outputs(load_artifact(model_dir))
+        except ArtifactError as exc:
+            raise RegistryError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        return model_dir
+
+    def load(self, name: str, url: str, model_dir: Path | None = None) -> dict:
+        """Load `url` as `name` into MMS; `model_dir` is `prepare`'s result when the
+        caller has it already."""
+        with self._lock:
+            if name in self._models:
+                raise RegistryError(HTTPStatus.CONFLICT, f"model {name!r} is already loaded")
+            model_dir = model_dir or self.prepare(name, url)
+            self._check_memory(name, model_dir)
+            try:
+                self.server.register(name, model_dir)
+            except ModelServerError as exc:
+                raise RegistryError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
+            self._models[name] = url
+        return {"status": f"model {name!r} loaded"}
+
+    def unload(self, name: str) -> dict:
+        with self._lock:
+            if name not in self._models:
+                raise RegistryError(HTTPStatus.NOT_FOUND, f"model {name!r} is not loaded")
+            try:
+                self.server.unregister(name)
+            except ModelServerError as exc:
+                raise RegistryError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
+            del self._models[name]
+        return {"status": f"model {name!r} unloaded"}

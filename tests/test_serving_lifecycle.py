@@ -1,0 +1,149 @@
+"""`serve` as a process: readiness order, /ping under load, SIGTERM, refusing to start on
+a broken artefact or setting, and the image's entry-point dispatch."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+
+from conftest import npy
+
+pytestmark = pytest.mark.slow
+
+
+
+def test_ping_says_ready_only_after_load_and_warm_up_and_sigterm_leaves_nothing(start_server, untrained_model):
+    server = start_server(untrained_model, ready=False)
+    seen = server.wait_ready()
+    # Nothing listening, then 503 while MMS starts and the worker loads, then 200.
+    assert 503 in seen and seen[-1] == 200 and seen.index(503) < len(seen) - 1
+    first = server.post("/invocations", npy(np.zeros((64, 64), np.uint8)), "application/x-npy")
+    assert first.status == 200, first.body
+    log = server.output
+    assert log.index("loaded and warmed up") < log.index("ready in")
+
+    tree = psutil.Process(server.process.pid).children(recursive=True)
+    assert any("model_service_worker" in " ".join(p.cmdline()) for p in tree)
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 30
+    time.sleep(0.5)
+    left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [p.cmdline() for p in left]
+
+
+def test_ping_answers_within_two_seconds_under_full_load(start_server, untrained_model):
+    server = start_server(untrained_model, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    body = npy(np.random.default_rng(0).integers(0, 255, (32, 256, 256), dtype=np.uint8))
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def hammer():
+        while not stop.is_set():
+            statuses.append(server.post("/invocations", body, "application/x-npy").status)
+
+    clients = [threading.Thread(target=hammer) for _ in range(6)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(0.5)
+        pings = []
+        for _ in range(20):
+            started = time.monotonic()
+            pings.append((server.ping(timeout=5), time.monotonic() - started))
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+    assert statuses and set(statuses) == {200}
+    assert all(status == 200 for status, _ in pings), pings
+    assert max(elapsed for _, elapsed in pings) < 2.0, pings
+
+
+def _archive(model_dir: Path, target: Path, extra: tarfile.TarInfo | None = None) -> Path:
+    target.mkdir(parents=True)
+    with tarfile.open(target / "model.tar.gz", "w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+        if extra is not None:
+            tar.addfile(extra, io.BytesIO(b"x" * extra.size) if extra.isfile() else None)
+    return target
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = 1 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+def broken_models(untrained_model: Path, root: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (model directory, what the error must say)."""
+    empty = root / "empty"
+    empty.mkdir()
+    corrupt = root / "corrupt"
+    shutil.copytree(untrained_model, corrupt)
+    (corrupt / "model.pt").write_bytes(b"not a torch file")
+    bad_json = root / "bad-json"
+    shutil.copytree(untrained_model, bad_json)
+    (bad_json / "model.json").write_text("{")
+    nan = root / "nan-weights"
+    shutil.copytree(untrained_model, nan)
+    state = torch.load(nan / "model.pt", weights_only=True)
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
+               nan / "model.pt")
+    return {
+        "empty": (empty, "holds neither model.pt nor model.tar.gz"),
+        "nan weights": (nan, "non-finite scores"),
+        "corrupt weights": (corrupt, "cannot be loaded"),
+        "bad metadata": (bad_json, "not valid model metadata"),
+        "dot-dot": (_archive(untrained_model, root / "dotdot", _member("../escape")), "points outside"),
+        "absolute": (_archive(untrained_model, root / "absolute", _member("/tmp/escape")), "points outside"),
+        "symlink": (_archive(untrained_model, root / "symlink", _member("link", tarfile.SYMTYPE, "/etc/passwd")),
+                    "is a link"),
+        "not a tarball": (_write(root / "notatar" / "model.tar.gz", b"nope"), "not a readable tar.gz"),
+    }
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return path.parent
+
+
+def test_a_broken_or_unsafe_artefact_stops_serve_with_a_clear_message(start_server, untrained_model, tmp_path):
+    failures = []
+    for name, (model_dir, message) in broken_models(untrained_model, tmp_path).items():
+        server = start_server(model_dir, ready=False)
+        code = server.wait_exit(60)
+        output = server.output
+        if code != 1 or message not in output or "Traceback" in output:
+            failures.append(f"{name}: exit {code}\n{output[-1500:]}")
+    assert not failures, "\n".join(failures)
+    assert not (Path("/tmp") / "escape").exists()
+
+
+def test_a_bad_setting_stops_serve_naming_the_variable(start_server, untrained_model):
+    for name, value in [("SAGEMAKER_MODEL_SERVER_WORKERS", "many"), ("SAGEMAKER_BATCH_STRATEGY", "BOTH"),
+                        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "30"), ("DAGM_SERVER_BATCH_SIZE", "0")]:
+        server = start_server(untrained_model, ready=False, **{name: value})
+        assert server.wait_exit(60) == 2
+        assert f"{name}={value!r} is invalid" in server.output
+
+
+def test_serves_a_model_tar_gz(start_server, trained_job, tmp_path):
+    server = start_server(_archive(trained_job.model_dir, tmp_path / "packed"))
+    reply = server.post("/invocations", npy(np.zeros((2, 128, 128), np.uint8)), "application/x-npy")
+    assert reply.status == 200 and len(reply.json()["predictions"]) == 2
+
