@@ -65,8 +65,10 @@ def _model_environment(backend, model_name: str) -> dict[str, str]:
     return dict((backend.describe_model(model_name).primary_container or {}).get("Environment") or {})
 
 
-def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, on_failure) -> None:
-    """Start the config's variants in the background; call on_ready(processes) or on_failure(reason)."""
+def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, on_failure,
+              keep_running: bool = False) -> None:
+    """Start the config's variants in the background (with `keep_running`, unchanged ones of
+    the endpoint stay as they run); call on_ready(processes, config) or on_failure(reason)."""
 
     def run():
         try:
@@ -77,7 +79,7 @@ def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, o
         except Exception as exc:  # a missing model or S3 object: the endpoint says why
             on_failure(f"{type(exc).__name__}: {exc}")
             return
-        processes, failure = hosting.start_variants(models)
+        processes, failure = hosting.start_variants(models, endpoint.endpoint_name if keep_running else None)
         if failure:
             on_failure(failure)
         else:
@@ -128,14 +130,17 @@ def install(hosting: Hosting) -> None:
         def failed(reason):
             endpoint.endpoint_status, endpoint.failure_reason = "InService", f"update rolled back: {reason}"
 
+        blue_green = bool((deployment_config or {}).get("BlueGreenUpdatePolicy"))
+
         def ready(processes, config):
-            if not (deployment_config or {}).get("BlueGreenUpdatePolicy"):
+            if not blue_green:
                 take_over(processes, config)
                 return
             guardrails.run(hosting, endpoint_name, processes, _weights(config), deployment_config, self.account_id,
                            self.region_name, lambda: take_over(processes, config), failed)
 
-        _bring_up(self, hosting, endpoint, endpoint_config_name, ready, failed)
+        # A blue/green fleet is wholly new: rolling it back stops every process in it.
+        _bring_up(self, hosting, endpoint, endpoint_config_name, ready, failed, keep_running=not blue_green)
         return endpoint.arn
 
     def delete_endpoint(self, endpoint_name):

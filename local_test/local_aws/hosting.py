@@ -8,6 +8,7 @@ fetched from the local S3. Requests are routed by the variants' current weights,
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import random
@@ -31,11 +32,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def identity(model_name: str, model_data: bytes, environment: dict[str, str]) -> tuple:
+    return model_name, hashlib.sha256(model_data).hexdigest(), tuple(sorted(environment.items()))
+
+
 class VariantProcess:
     """One `serve` process for one model (a variant's single instance)."""
 
     def __init__(self, model_name: str, model_data: bytes, work: Path, environment: dict[str, str]):
         self.model_name = model_name
+        self.identity = identity(model_name, model_data, environment)
         self.dir = work / f"{model_name}-{os.urandom(4).hex()}"
         (self.dir / "model").mkdir(parents=True)
         (self.dir / "model" / "model.tar.gz").write_bytes(model_data)
@@ -99,6 +105,15 @@ class VariantProcess:
                 self.process.wait()
 
 
+def stop_all(processes) -> None:
+    """Stop processes side by side: each drains and waits for its server's exit."""
+    threads = [threading.Thread(target=p.stop) for p in processes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 @dataclass
 class HostedEndpoint:
     """The processes serving an endpoint, by variant name; during a blue/green update the
@@ -122,26 +137,36 @@ class Hosting:
         self.endpoints: dict[str, HostedEndpoint] = {}
         self.lock = threading.Lock()
 
-    def start_variants(self, models: dict[str, tuple[str, bytes, dict]]) -> tuple[dict[str, VariantProcess], str | None]:
+    def start_variants(self, models: dict[str, tuple[str, bytes, dict]],
+                       keep_from: str | None = None) -> tuple[dict[str, VariantProcess], str | None]:
         """Start one process per variant ({variant: (model name, model data, container
-        environment)}) and wait until all are ready; on failure stop them all and say why."""
-        started = {variant: VariantProcess(name, data, self.work, {**self.aws_env, **environment})
-                   for variant, (name, data, environment) in models.items()}
+        environment)}) and wait until all are ready; on failure stop the started ones and say why.
+
+        With `keep_from`, a variant that endpoint already runs with the same model and
+        environment keeps its live process: SageMaker would replace the instance, which
+        clients cannot tell apart, and a server start is the slowest step of a local update.
+        """
+        with self.lock:
+            running = self.endpoints.get(keep_from, HostedEndpoint()).variants if keep_from else {}
+        models = {variant: (name, data, {**self.aws_env, **environment})
+                  for variant, (name, data, environment) in models.items()}
+        kept = {variant: running[variant] for variant, model in models.items()
+                if variant in running and running[variant].identity == identity(*model)
+                and running[variant].process.poll() is None}
+        started = {variant: VariantProcess(name, data, self.work, environment)
+                   for variant, (name, data, environment) in models.items() if variant not in kept}
         failures = [reason for p in started.values() if (reason := p.wait_ready())]
         if failures:
-            for process in started.values():
-                process.stop()
+            stop_all(started.values())
             return {}, "; ".join(failures)
-        return started, None
+        return {variant: kept.get(variant) or started[variant] for variant in models}, None
 
     def replace(self, endpoint: str, variants: dict[str, VariantProcess], weights: dict[str, float]) -> None:
         """Make `variants` the endpoint's processes; stop the ones no longer used."""
         with self.lock:
             old = self.endpoints.get(endpoint, HostedEndpoint()).variants
             self.endpoints[endpoint] = HostedEndpoint(variants, weights)
-        for name, process in old.items():
-            if variants.get(name) is not process:
-                process.stop()
+        stop_all(p for name, p in old.items() if variants.get(name) is not p)
 
     def shift(self, endpoint: str, green: dict[str, VariantProcess], weights: dict[str, float], share: float) -> None:
         """Send `share` (0..1) of the endpoint's traffic to the green fleet."""
@@ -153,8 +178,7 @@ class Hosting:
         with self.lock:
             hosted = self.endpoints[endpoint]
             green, hosted.green, hosted.green_share = hosted.green, {}, 0.0
-        for process in green.values():
-            process.stop()
+        stop_all(green.values())
 
     def remove(self, endpoint: str) -> None:
         self.replace(endpoint, {}, {})
@@ -182,5 +206,6 @@ class Hosting:
         return name, hosted.variants[name]
 
     def shutdown(self) -> None:
-        for endpoint in list(self.endpoints):
-            self.remove(endpoint)
+        with self.lock:
+            hosted, self.endpoints = list(self.endpoints.values()), {}
+        stop_all([p for h in hosted for p in (*h.variants.values(), *h.green.values())])
