@@ -124,8 +124,10 @@ def _write(path: Path, data: bytes) -> Path:
 
 def test_a_broken_or_unsafe_artefact_stops_serve_with_a_clear_message(start_server, untrained_model, tmp_path):
     failures = []
-    for name, (model_dir, message) in broken_models(untrained_model, tmp_path).items():
-        server = start_server(model_dir, ready=False)
+    # Side by side: each case is a whole `serve` start that must end by itself.
+    servers = {name: (start_server(model_dir, ready=False), message)
+               for name, (model_dir, message) in broken_models(untrained_model, tmp_path).items()}
+    for name, (server, message) in servers.items():
         code = server.wait_exit(60)
         output = server.output
         if code != 1 or message not in output or "Traceback" in output:
@@ -135,9 +137,11 @@ def test_a_broken_or_unsafe_artefact_stops_serve_with_a_clear_message(start_serv
 
 
 def test_a_bad_setting_stops_serve_naming_the_variable(start_server, untrained_model):
+    servers = []
     for name, value in [("SAGEMAKER_MODEL_SERVER_WORKERS", "many"), ("SAGEMAKER_BATCH_STRATEGY", "BOTH"),
                         ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "30"), ("DAGM_SERVER_BATCH_SIZE", "0")]:
-        server = start_server(untrained_model, ready=False, **{name: value})
+        servers.append((start_server(untrained_model, ready=False, **{name: value}), name, value))
+    for server, name, value in servers:
         assert server.wait_exit(60) == 2
         assert f"{name}={value!r} is invalid" in server.output
 
