@@ -22,6 +22,7 @@ import traceback
 
 from dagm_defects.artifact import ArtifactError
 from dagm_defects.data.reader import DatasetError
+from dagm_defects.progress import write_line
 from dagm_defects.training.checkpoint import CheckpointError
 from dagm_defects.training.hyperparameters import HyperparameterError
 from dagm_defects.training.settings import SETTINGS_ENV, ChannelError, TrainingSettings, settings_from_toolkit
@@ -74,7 +75,7 @@ def _torchrun(settings: TrainingSettings, stop: StopFlag) -> None:
         f"--master_addr={master}", f"--master_port={settings.master_port}",
         "-m", "dagm_defects.training.worker",
     ]
-    print("starting ranks: " + " ".join(command), flush=True)
+    write_line("starting ranks: " + " ".join(command))
     settings.failure_file.unlink(missing_ok=True)
     child = subprocess.Popen(command, env={**os.environ, SETTINGS_ENV: settings.to_json()})
 
