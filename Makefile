@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench images local-aws clean
+.PHONY: venv demo test bench bench-real images local-aws clean
 
 venv: $(VENV_STAMP)
 
@@ -30,6 +30,10 @@ bench: venv
 	$(PY) bench/training_pipeline.py
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serving.py
 
+# The CPU recipe on genuine DAGM (../shared/data/dagm-real), three seeds; skips without it.
+bench-real: venv
+	$(PY) bench/real_dagm.py
+
 # Both images, tagged with the commit and `latest` (needs a Docker daemon).
 images:
 	local_test/build_and_push.sh
@@ -40,4 +44,4 @@ local-aws: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH=local_test $(PY) -m local_aws --port $(PORT)
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) bench-output .pytest_cache

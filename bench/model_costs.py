@@ -1,9 +1,12 @@
-"""Our default model vs the reference SegDecNet, side by side in one run on this machine.
+"""Each committed configuration and the previous default, side by side in one run.
 
-Prints JSON: parameters, GFLOPs per image (torch's FlopCounterMode, 2 FLOPs per
-multiply-add), CPU batch-inference and training images/s at the same input size in the
-channels-last layout the product uses (and ours in plain NCHW for comparison), and the
-ratios. Usage: python bench/model_costs.py [--size 256] [--seconds 5]
+Prints JSON: for every ``local_test/hyperparameters/*.json`` (and the demo's), parameters,
+GFLOPs per image at its own input size (torch's FlopCounterMode, 2 FLOPs per
+multiply-add), CPU batch-inference images/s as served (BatchNorm folded,
+channels-last) and as trained (unfolded), and training images/s; the CPU recipe also in
+plain NCHW (why training and serving use channels-last); the previous default (256x256
+resize, no stem) for comparison; and the ratios of the GPU configuration (the reference
+SegDecNet at 512x512) to the CPU recipe. Usage: python bench/model_costs.py [--seconds 5]
 """
 
 from __future__ import annotations
@@ -11,13 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dagm_defects.model import REFERENCE, ModelConfig, build_model
 from dagm_defects.device import Device
+from dagm_defects.model import ModelConfig, build_model, inference_copy
+from dagm_defects.training.hyperparameters import parse_hyperparameters
 from dagm_defects.training.loop import train_step
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGURATIONS = sorted((REPO / "local_test" / "hyperparameters").glob("*.json")) + [
+    REPO / "local_test" / "demo_hyperparameters.json"
+]
 
 
 def gflops(model, size: int) -> float:
@@ -35,18 +45,22 @@ def rate(step, images_per_step: int, seconds: float) -> float:
     return images_per_step * count / (time.perf_counter() - started)
 
 
-def measure(config: ModelConfig, size: int, seconds: float, infer_batch: int, train_batch: int,
+def measure(config: ModelConfig, seconds: float, infer_batch: int, train_batch: int,
             layout=torch.channels_last) -> dict:
+    size = config.image_size
     model = build_model(config).to(memory_format=layout)
     images = torch.randint(0, 256, (infer_batch, 1, size, size), dtype=torch.uint8)
     images = images.contiguous(memory_format=layout)
 
-    def infer():
-        with torch.inference_mode():
-            model(images)
+    def infer_with(network):
+        def infer():
+            with torch.inference_mode():
+                network(images)
+        return infer
 
     model.eval()
-    inference = rate(infer, infer_batch, seconds)
+    inference = rate(infer_with(model), infer_batch, seconds)
+    served = rate(infer_with(inference_copy(model).to(memory_format=layout)), infer_batch, seconds)
 
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -64,31 +78,43 @@ def measure(config: ModelConfig, size: int, seconds: float, infer_batch: int, tr
         "config": config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "gflops_per_image": round(gflops(model.eval(), size), 3),
+        "served_inference_images_per_sec": round(served, 2),
         "inference_images_per_sec": round(inference, 2),
         "training_images_per_sec": round(training, 2),
     }
 
 
+def configuration(path: Path) -> ModelConfig:
+    hp = parse_hyperparameters(json.loads(path.read_text()))
+    return ModelConfig(width=hp.width, depth=hp.depth, image_size=hp.image_size, space_to_depth=hp.space_to_depth,
+                       dilated_context=hp.dilated_context)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    ours = measure(ModelConfig(image_size=args.size), args.size, args.seconds, 16, 16)
-    reference = measure(REFERENCE, args.size, args.seconds, 8, 4)
-    nchw = measure(ModelConfig(image_size=args.size), args.size, args.seconds, 32, 16,
+    configurations = {}
+    for path in CONFIGURATIONS:
+        config = configuration(path)
+        wide = config.width >= 0.5  # the reference at 512x512: a few images per step on a CPU
+        configurations[str(path.relative_to(REPO))] = measure(config, args.seconds, 2 if wide else 16, 2 if wide else 8)
+    cpu = configurations["local_test/hyperparameters/real-cpu.json"]
+    gpu = configurations["local_test/hyperparameters/real-gpu.json"]
+    nchw = measure(configuration(REPO / "local_test" / "hyperparameters" / "real-cpu.json"), args.seconds, 16, 8,
                    layout=torch.contiguous_format)
+    previous = measure(ModelConfig(image_size=256, space_to_depth=1, decision_width=0.125, dilated_context=False),
+                       args.seconds, 16, 8)
     print(json.dumps({
         "benchmark": "model_costs",
-        "image_size": args.size,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "ours": ours,
-        "reference_segdecnet": reference,
-        "ours_nchw": {k: nchw[k] for k in ("inference_images_per_sec", "training_images_per_sec")},
-        "flops_ratio_reference_over_ours": round(reference["gflops_per_image"] / ours["gflops_per_image"], 1),
-        "inference_speedup": round(ours["inference_images_per_sec"] / reference["inference_images_per_sec"], 1),
-        "training_speedup": round(ours["training_images_per_sec"] / reference["training_images_per_sec"], 1),
+        "configurations": configurations,
+        "real_cpu_nchw": {k: nchw[k] for k in ("served_inference_images_per_sec", "training_images_per_sec")},
+        "previous_default_256": previous,
+        "flops_ratio_gpu_over_cpu_recipe": round(gpu["gflops_per_image"] / cpu["gflops_per_image"], 1),
+        "served_inference_speedup_cpu_recipe_over_gpu_config": round(
+            cpu["served_inference_images_per_sec"] / gpu["served_inference_images_per_sec"], 1),
     }, indent=2))
 
 

@@ -4,7 +4,7 @@ already in memory, in one run; prints the ratio as JSON (aim: >= 0.9).
 
 Also reports how long decoding the PNGs into memory took (once per job), and the same
 in-memory steps in the plain NCHW layout, which is why training uses channels-last.
-Usage: python bench/training_pipeline.py [--classes 1,2] [--images 100] [--size 256]
+Usage: python bench/training_pipeline.py [--classes 1,2] [--images 100] [--size 512]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", default="1,2")
     parser.add_argument("--images", type=int, default=100, help="images per split and class")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     classes = [int(c) for c in args.classes.split(",")]
 

@@ -81,7 +81,7 @@ def models(trained_job, untrained_model, tmp_path_factory, local_aws) -> dict[st
     """s3:// URIs: a good model, another good one, a corrupt one and a slow one."""
     slow_dir = tmp_path_factory.mktemp("slow") / "model"
     torch.manual_seed(0)
-    save_artifact(slow_dir, build_model(ModelConfig(width=1.0, image_size=256)), 0.5, [1], {})
+    save_artifact(slow_dir, build_model(ModelConfig(width=1.0, image_size=256, space_to_depth=1)), 0.5, [1], {})
     return {
         "v1": upload(local_aws, "v1/model.tar.gz", model_tarball(trained_job.model_dir)),
         "v2": upload(local_aws, "v2/model.tar.gz", model_tarball(untrained_model)),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from dagm_defects.training.hyperparameters import HyperparameterError, parse_hyperparameters
@@ -9,7 +12,7 @@ from dagm_defects.training.hyperparameters import HyperparameterError, parse_hyp
 
 def test_defaults_when_nothing_is_given():
     hp = parse_hyperparameters({})
-    assert hp.epochs == 10 and hp.classes is None and hp.image_size == 256
+    assert hp.epochs == 10 and hp.classes is None and hp.image_size == 512 and hp.space_to_depth == 2
 
 
 @pytest.mark.parametrize("raw", ["0.01", '"0.01"', 0.01])
@@ -36,7 +39,8 @@ def test_platform_keys_are_ignored():
     ("batch_size", "0", "'batch_size' must be a whole number >= 1"),
     ("learning_rate", "-1", "'learning_rate' must be a number > 0"),
     ("learning_rate", "nan", "'learning_rate' must be a number > 0"),
-    ("image_size", "100", "'image_size' must be a multiple of 32"),
+    ("image_size", "100", "'image_size' must be a multiple of 64 and >= 128 with space_to_depth 2"),
+    ("space_to_depth", "3", "'space_to_depth' must be one of 1, 2, 4"),
     ("classes", "0,11", "'classes' must be \"all\" or a comma-separated list"),
     ("classes", "one", "'classes' must be"),
     ("amp", "maybe", "'amp' must be one of \"auto\", \"true\", \"false\""),
@@ -51,3 +55,21 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(HyperparameterError) as info:
         parse_hyperparameters({"epochs": "x", "batchsize": "4"})
     assert "'epochs'" in str(info.value) and "did you mean 'batch_size'" in str(info.value)
+
+
+def test_image_size_rule_follows_the_stem():
+    assert parse_hyperparameters({"image_size": "96", "space_to_depth": "1"}).image_size == 96
+    with pytest.raises(HyperparameterError, match="multiple of 128 and >= 256 with space_to_depth 4"):
+        parse_hyperparameters({"image_size": "192", "space_to_depth": "4"})
+
+
+@pytest.mark.parametrize("name", ["real-cpu.json", "real-gpu.json"])
+def test_committed_configurations_parse(name):
+    path = Path(__file__).resolve().parents[1] / "local_test" / "hyperparameters" / name
+    hp = parse_hyperparameters(json.loads(path.read_text()))
+    assert hp.image_size == 512
+
+
+def test_defaults_are_the_cpu_recipe():
+    path = Path(__file__).resolve().parents[1] / "local_test" / "hyperparameters" / "real-cpu.json"
+    assert parse_hyperparameters(json.loads(path.read_text())) == parse_hyperparameters({})

@@ -103,24 +103,37 @@ def test_single_class_values():
 # ---------------------------------------------------------------- threshold choice
 
 
-def test_threshold_on_separable_data_is_middle_of_gap():
+def test_threshold_on_separable_data_splits_the_gap_by_the_classes_spreads():
+    # Equal spreads: the middle of the gap.
     assert m.choose_threshold([0, 0, 1, 1], [0.1, 0.3, 0.7, 0.9]) == pytest.approx(0.5)
-    assert m.choose_threshold([0, 0, 1, 1], [0.05, 0.2, 0.6, 0.95]) == pytest.approx(0.4)
+    # Positives spread 0.175, negatives 0.075: the gap (0.2, 0.6) is cut 0.3 of the way up.
+    assert m.choose_threshold([0, 0, 1, 1], [0.05, 0.2, 0.6, 0.95]) == pytest.approx(0.32)
+
+
+def test_threshold_leaves_a_recall_margin_when_defects_vary_more():
+    """Good images alike, defects from faint to blatant (as on genuine DAGM): a defect
+    fainter than any that validation showed still clears the threshold."""
+    good = [0.02, 0.03, 0.04, 0.05, 0.06]
+    defects = [0.55, 0.7, 0.8, 0.9, 0.99]
+    t = m.choose_threshold([0] * 5 + [1] * 5, good + defects)
+    assert 0.06 < t < 0.2
+    assert m.confusion([0, 1], [0.06, 0.3], t)["recall"] == 1.0
 
 
 def test_threshold_on_non_separable_data_maximises_f1():
     # Cutting below 0.4 flags three positives and one negative: F1 = 6/7, the best cut.
-    # Any threshold in (0.1, 0.4] makes those predictions; the middle is 0.25.
+    # Any threshold in (0.1, 0.4] makes those predictions.
     y, s = [0, 1, 0, 1, 1], [0.1, 0.4, 0.5, 0.7, 0.9]
     t = m.choose_threshold(y, s)
-    assert t == pytest.approx(0.25)
+    assert 0.1 < t <= 0.4
     assert m.confusion(y, s, t)["f1"] == pytest.approx(6 / 7)
 
 
 def test_threshold_f1_tie_goes_to_widest_interval():
     # Flagging only 0.9 (interval (0.8, 0.9]) and flagging all four (interval [0, 0.4])
     # both give F1 = 2/3; the second leaves the larger margin.
-    assert m.choose_threshold([1, 0, 0, 1], [0.9, 0.8, 0.7, 0.4]) == pytest.approx(0.2)
+    t = m.choose_threshold([1, 0, 0, 1], [0.9, 0.8, 0.7, 0.4])
+    assert 0 < t <= 0.4 and m.confusion([1, 0, 0, 1], [0.9, 0.8, 0.7, 0.4], t)["tp"] == 2
 
 
 def test_threshold_separating_tied_scores_is_impossible():

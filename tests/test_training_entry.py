@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -27,7 +28,7 @@ def test_successful_job_writes_model_evaluation_and_checkpoint(trained_job):
     state = torch.load(job.model_dir / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     meta = json.loads((job.model_dir / "model.json").read_text())
-    assert meta["model_config"]["image_size"] == 64
+    assert meta["model_config"]["image_size"] == 128 and meta["model_config"]["space_to_depth"] == 2
     assert meta["classes"] == [1, 2]
     assert 0.0 <= meta["threshold"] <= 1.0
     assert set(meta["training_statistics"]["overall"]) == {"mean", "std", "contrast", "texture"}
@@ -54,9 +55,24 @@ def test_metrics_are_logged_as_stable_tokens_for_metric_definitions(trained_job)
     assert "\r" not in trained_job.output
 
 
+def test_train_split_alone_validates_and_evaluates_on_held_out_train_images(make_dataset, tmp_path):
+    """A user's own data usually has no Test split: the job holds out part of Train, and
+    the report says the figures come from that held-out part."""
+    data = make_dataset(classes=(1,), images_per_split=20, size=128)
+    shutil.rmtree(data / "Class1" / "Test")
+    job = run_training(data, tmp_path / "ml", {**TINY_HPS, "epochs": "1", "validation_fraction": "0.25"})
+    assert job.returncode == 0, job.output[-3000:]
+    evaluation = json.loads((job.work / "output" / "data" / "evaluation.json").read_text())
+    assert evaluation["source"] == ("the validation set (25% of the train channel's Train split, held out): "
+                                    "no test channel and no Test split")
+    assert evaluation["overall"]["n"] == 5 and len(evaluation["scores"]) == 5
+    data_line = next(line for line in job.output.splitlines() if line.startswith("event=data"))
+    assert 'test_source="the validation set (25%' in data_line
+
+
 def test_artifact_loads_without_training_code(trained_job):
     artifact = load_artifact(trained_job.model_dir)
-    probabilities = torch.sigmoid(artifact.model(torch.zeros(2, 1, 64, 64, dtype=torch.uint8))[1])
+    probabilities = torch.sigmoid(artifact.model(torch.zeros(2, 1, 128, 128, dtype=torch.uint8))[1])
     assert probabilities.shape == (2,)
     assert artifact.threshold == json.loads((trained_job.model_dir / "model.json").read_text())["threshold"]
 

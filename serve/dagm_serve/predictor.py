@@ -18,7 +18,7 @@ from PIL import Image
 from dagm_defects.artifact import Artifact, ArtifactError, load_artifact
 from dagm_defects.device import Device
 from dagm_defects.imaging import resize_square
-from dagm_defects.model import predict
+from dagm_defects.model import inference_copy, predict
 from dagm_serve.codec import Prediction
 
 # A map pixel counts as defect above this probability (the segmentation head's own scale).
@@ -39,7 +39,7 @@ class Predictor:
     def __init__(self, artifact: Artifact, device: Device):
         self.artifact = artifact
         self.device = device
-        self.model = artifact.model.to(device.device)
+        self.model = inference_copy(artifact.model).to(device.device)
         if device.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward_passes = 0
@@ -64,7 +64,7 @@ class Predictor:
         return np.stack([resize_square(image, self.artifact.image_size) for image in images])
 
     def forward(self, images: list[np.ndarray], resized: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Defect probabilities (N) and probability maps (N x S/8 x S/8), one pass."""
+        """Defect probabilities (N) and probability maps (N x S/d x S/d), one pass."""
         batch = torch.from_numpy(self.resized(images) if resized is None else resized).unsqueeze(1)
         with torch.inference_mode(), self.device.autocast():
             probs, maps = predict(self.model, self.device.images(batch))

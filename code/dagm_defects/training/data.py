@@ -2,7 +2,8 @@
 
 Without a ``validation`` channel, the train channel's ``Train`` split is divided
 deterministically (stratified by class and label, from the seed); without a ``test``
-channel, evaluation uses the train channel's ``Test`` split.
+channel, evaluation uses the train channel's ``Test`` split, and without that (the usual
+case for a user's own data) the validation set, saying so in the report.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def prepare_data(settings: TrainingSettings, workers: int) -> DataSplits:
         test_root, test_source = train_root, "train channel, Test split"
         test_samples = read_index(train_root, classes, splits=("Test",))
     else:
-        return DataSplits(train, validation, validation, "validation set (no Test split found)")
+        held_out = ("the validation channel" if "validation" in channels else
+                    f"the validation set ({hp.validation_fraction:.0%} of the train channel's Train split, held out)")
+        return DataSplits(train, validation, validation, f"{held_out}: no test channel and no Test split")
     test = load_arrays(test_samples, size, test_root, "decode test", workers)
     return DataSplits(train, validation, test, test_source)

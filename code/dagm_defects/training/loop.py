@@ -16,7 +16,6 @@ from torch.nn import functional as F
 
 from dagm_defects.data.arrays import ArraySet
 from dagm_defects.device import Device
-from dagm_defects.model import DOWNSAMPLE
 from dagm_defects.progress import Progress
 from dagm_defects.training.stop import StopFlag
 
@@ -60,9 +59,9 @@ def balanced_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return order
 
 
-def segmentation_target(masks: torch.Tensor) -> torch.Tensor:
-    # Max-pooling keeps a thin scratch visible at the 1/8 resolution the head predicts.
-    return F.max_pool2d(masks.float(), DOWNSAMPLE)
+def segmentation_target(masks: torch.Tensor, downsample: int) -> torch.Tensor:
+    # Max-pooling keeps a thin scratch visible at the coarse resolution the head predicts.
+    return F.max_pool2d(masks.float(), downsample)
 
 
 def mixed_loss(seg_logits, dec_logits, masks, labels, seg_pos_weight: float):
@@ -71,16 +70,16 @@ def mixed_loss(seg_logits, dec_logits, masks, labels, seg_pos_weight: float):
     competing, so a plain sum trains both heads."""
     seg = F.binary_cross_entropy_with_logits(
         seg_logits.float(),
-        segmentation_target(masks),
+        segmentation_target(masks, masks.shape[-1] // seg_logits.shape[-1]),
         pos_weight=torch.tensor(seg_pos_weight, device=seg_logits.device),
     )
     dec = F.binary_cross_entropy_with_logits(dec_logits.float(), labels)
     return seg + dec, seg.detach(), dec.detach()
 
 
-def seg_pos_weight(arrays: ArraySet) -> float:
+def seg_pos_weight(arrays: ArraySet, downsample: int) -> float:
     """Weight of defect pixels in the segmentation loss, from their rarity (capped)."""
-    target = segmentation_target(torch.from_numpy(arrays.masks[arrays.labels == 1]).unsqueeze(1))
+    target = segmentation_target(torch.from_numpy(arrays.masks[arrays.labels == 1]).unsqueeze(1), downsample)
     positive = float(target.sum())
     total = target.numel() * max(1, len(arrays)) / max(1, int(arrays.labels.sum()))
     return float(np.clip((total - positive) / max(positive, 1.0), 1.0, 20.0))
@@ -153,7 +152,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_arrays(model, arrays: ArraySet, batch_size: int, device: Device) -> tuple[np.ndarray, np.ndarray]:
-    """Defect probabilities (N) and segmentation probability maps (N x S/8 x S/8)."""
+    """Defect probabilities (N) and segmentation probability maps (N x S/d x S/d)."""
     model.eval()
     scores, maps = [], []
     for images, _, _ in batches(arrays, np.arange(len(arrays)), batch_size):

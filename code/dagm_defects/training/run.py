@@ -17,7 +17,7 @@ from dagm_defects.evaluation import metrics
 from dagm_defects.evaluation.report import write_report
 from dagm_defects.device import Device
 from dagm_defects.imaging import image_statistics, summarize_statistics
-from dagm_defects.model import ModelConfig, build_model
+from dagm_defects.model import ModelConfig, build_model, inference_copy
 from dagm_defects.progress import write_line
 from dagm_defects.training.baseline import evaluate_baseline, load_baseline, warm_start
 from dagm_defects.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
@@ -83,7 +83,8 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
          train_defective=int(splits.train.labels.sum()), validation_images=len(splits.validation),
          test_images=len(splits.test), test_source=json.dumps(splits.test_source))
 
-    config = ModelConfig(width=hp.width, depth=hp.depth, image_size=hp.image_size)
+    config = ModelConfig(width=hp.width, depth=hp.depth, image_size=hp.image_size,
+                         space_to_depth=hp.space_to_depth, dilated_context=hp.dilated_context)
     model = build_model(config)
     if hp.warm_start:
         warm_start(model, baseline, config)
@@ -98,7 +99,7 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
         _log(event="resumed", epochs_done=state.epochs_done, checkpoint=settings.checkpoint_dir)
     net = DistributedDataParallel(model) if world > 1 else model
 
-    pos_weight = seg_pos_weight(splits.train)
+    pos_weight = seg_pos_weight(splits.train, config.downsample)
     val_scores = None
     started = time.monotonic()
     for epoch in range(state.epochs_done, hp.epochs):
@@ -150,7 +151,8 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
 
     test = splits.test
     evaluation_started = time.monotonic()
-    scores, seg_maps = predict_arrays(model, test, hp.batch_size, device)
+    # Scored as served: BatchNorm folded (eval_images_per_sec is the serving forward pass).
+    scores, seg_maps = predict_arrays(inference_copy(model), test, hp.batch_size, device)
     evaluation_seconds = time.monotonic() - evaluation_started
     extra = {}
     if baseline is not None:
