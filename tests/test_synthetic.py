@@ -18,6 +18,7 @@ from dagm_defects.data.labels import parse_labels
 CLASSES = (1, 9)
 N = 12
 SIZE = 128
+HARD = 8  # calibrated on genuine DAGM Class 8
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -141,21 +142,34 @@ def test_defective_positions_vary_by_split_and_seed():
     assert a == synthetic.defective_numbers(0, 1, 0, 575)
 
 
+def _mask_areas(cls: int, size: int = 512, n: int = 400) -> np.ndarray:
+    """Ellipse areas drawn for the class's own mix of defect kinds."""
+    rng = np.random.default_rng(0)
+    spec = synthetic.CLASS_SPECS[cls]
+    kinds = [k for k, _ in spec.defects]
+    probs = np.array([p for _, p in spec.defects])
+    return np.array([
+        synthetic._draw_ellipse(rng, spec, kinds[rng.choice(len(kinds), p=probs)], size).area
+        for _ in range(n)
+    ])
+
+
 def test_mask_areas_follow_the_class():
     """Mean ellipse areas at 512 match the real classes' (class 1 large, class 9 small)."""
+    assert 8500 < _mask_areas(1).mean() < 11000
+    assert 700 < _mask_areas(9).mean() < 1300
+    assert _mask_areas(9, 256).mean() == pytest.approx(_mask_areas(9).mean() / 4, rel=0.05)
 
-    def mean_area(cls: int, size: int = 512) -> float:
-        rng = np.random.default_rng(0)
-        spec = synthetic.CLASS_SPECS[cls]
-        areas = []
-        for _ in range(400):
-            kind = synthetic.DEFECT_KINDS[int(rng.integers(3))]
-            areas.append(synthetic._draw_ellipse(rng, spec, kind, size).area)
-        return float(np.mean(areas))
 
-    assert 8500 < mean_area(1) < 11000
-    assert 700 < mean_area(9) < 1300
-    assert mean_area(9, 256) == pytest.approx(mean_area(9) / 4, rel=0.05)
+def test_hard_class_mask_areas_follow_real_class_8():
+    """Genuine Class 8 Train masks: median 940 px at 512, quartiles 490 and 1720, max ~19,000."""
+    areas = _mask_areas(HARD, n=2000)
+    q25, median, q75 = np.percentile(areas, [25, 50, 75])
+    assert 850 < median < 1050
+    assert 420 < q25 < 580
+    assert 1500 < q75 < 2000
+    assert areas.min() >= 150 and areas.max() <= 11000
+    assert _mask_areas(HARD, 256, 2000).mean() == pytest.approx(areas.mean() / 4, rel=0.05)
 
 
 def test_rendered_mask_is_the_ellipse():
@@ -190,6 +204,94 @@ def test_defect_changes_the_masked_region():
                 )
             )
         assert np.median(shifts) > 0.5, (cls, shifts)
+
+
+def _hairline(seed: int, size: int = 512) -> tuple[np.ndarray, np.ndarray, synthetic.Ellipse]:
+    """A class-8 defect drawn on a zero image: exactly the grey levels it changes, its mask."""
+    rng = np.random.default_rng(seed)
+    spec = synthetic.CLASS_SPECS[HARD]
+    ellipse = synthetic._draw_ellipse(rng, spec, synthetic.HAIRLINE, size)
+    change = np.zeros((size, size), np.float32)
+    inside = synthetic._apply_defect(change, ellipse, synthetic.HAIRLINE, spec, rng)
+    mask = np.zeros((size, size), bool)
+    y0, y1, x0, x1 = ellipse.box(size)
+    mask[y0:y1, x0:x1] = inside
+    return change, mask, ellipse
+
+
+def test_hard_class_has_only_hairline_scratches():
+    assert synthetic.CLASS_SPECS[HARD].defects == ((synthetic.HAIRLINE, 1.0),)
+
+
+def test_hard_class_scratches_are_thin_and_short():
+    """1-2 px wide (a dark wall beside a bright one), 20-60 px long, half the mask's length."""
+    stands_out = 0.3 * synthetic.CLASS_SPECS[HARD].contrast  # about the texture's fine noise
+    lengths = []
+    for seed in range(30):
+        change, mask, ellipse = _hairline(seed)
+        line = np.abs(change) > stands_out
+        ys, xs = np.nonzero(line)
+        _, axes = np.linalg.eigh(np.cov(np.vstack([xs, ys])))
+        length = np.ptp(xs * axes[0, 1] + ys * axes[1, 1]) + 1
+        assert line.sum() / length < 3.0, seed
+        assert 0.45 < length / (2 * ellipse.a) < 0.6, seed
+        assert not (line & ~mask).any(), seed
+        lengths.append(length)
+    assert 20 < np.median(lengths) < 60
+    assert 8 < min(lengths) and max(lengths) < 140
+
+
+def test_hard_class_scratch_contrast_is_calibrated():
+    """Each wall peaks at 2-3 texture stds (2.4 on genuine Class 8); over the mask they cancel."""
+    contrast = synthetic.CLASS_SPECS[HARD].contrast
+    walls = []
+    for seed in range(30):
+        change, mask, _ = _hairline(seed)
+        walls += [change.max() / contrast, -change.min() / contrast]
+        assert abs(change[mask].mean()) < 0.02 * contrast, seed
+    assert 1.9 < min(walls) and max(walls) < 3.0
+    assert 2.2 < np.median(walls) < 2.7
+
+
+def test_hard_class_scratch_fades_at_half_size():
+    """At 256 the two walls share pixels: the scratch loses about half its peak."""
+    for seed in range(10):
+        full, _, _ = _hairline(seed, 512)
+        half, _, _ = _hairline(seed, 256)
+        assert np.abs(half).max() < 0.6 * np.abs(full).max(), seed
+
+
+def _lag_correlation(a: np.ndarray, lag: int, axis: int) -> float:
+    a = a - a.mean()
+    x, y = (a[:-lag], a[lag:]) if axis == 0 else (a[:, :-lag], a[:, lag:])
+    return float(np.corrcoef(x.ravel(), y.ravel())[0, 1])
+
+
+def test_hard_class_texture_runs_vertically():
+    """Figures of genuine Class 8 good Train images at 512 (medians) in the comments."""
+    for number in range(1, 5):
+        image, _ = synthetic.render_image(HARD, synthetic.image_rng(0, HARD, 0, number), 512)
+        a = image.astype(np.float64)
+        assert 25 < a.std() < 47  # 36.4
+        # vertical bands: column means vary, row means hardly (24.5 against 7.1)
+        assert a.mean(axis=0).std() > 2 * a.mean(axis=1).std()
+        # still correlated 32 px down, not 32 px across (0.61 against 0.13)
+        assert _lag_correlation(a, 32, axis=0) > 0.45 > 0.3 > _lag_correlation(a, 32, axis=1)
+        # the fine mottle is smeared along x: neighbours differ more vertically (10.6 / 9.7)
+        ratio = np.diff(a, axis=0).std() / np.diff(a, axis=1).std()
+        assert 1.04 < ratio < 1.18
+
+
+def test_hard_class_is_deterministic():
+    def render(number: int) -> tuple[bytes, bytes]:
+        rng = synthetic.image_rng(5, HARD, 1, number)
+        image, mask = synthetic.render_image(HARD, rng, 128, defective=True, seed=5)
+        return image.tobytes(), mask.tobytes()
+
+    first = render(7)
+    synthetic.class_texture.cache_clear()  # the texture too comes from the seed alone
+    assert render(7) == first
+    assert render(8)[0] != first[0]
 
 
 def test_stale_files_of_a_larger_run_go(tmp_path):

@@ -8,10 +8,18 @@ and timing runs use this generator instead. It writes::
     Class{N}/{Train,Test}/Label/NNNN_label.PNG      0/255 filled ellipse, defective only
 
 Each class has its own texture (smooth, brushed, granular, woven, blotchy, fibrous and
-variants of those for classes 7-10) and its own mix of the real defect kinds: thin
+variants of those for classes 7, 9 and 10) and its own mix of the real defect kinds: thin
 scratches, darker diffuse areas and missing texture, each covered by an elliptic mask whose
 area follows the real class (about 9600 px for class 1 down to about 1000 px for class 9
-at 512x512).
+at 512x512). These classes are easier than their real counterparts.
+
+Class 8 is the calibrated hard case: its texture, defects and masks are fitted to summary
+figures measured on genuine DAGM Class 8 Train images (no pixels of them are used). Soft
+vertical fibre bands under a fine mottle (std about 36 grey levels) carry, as the only
+defect, hairline scratches: a dark and a bright 1-px wall side by side, 20-60 px long,
+each wall about 2.4 texture stds from the background, cancelling over the mask and losing
+about half their peak at half the size; coarse ellipses around them have a median area of
+about 940 px.
 
 Everything an image looks like derives from ``np.random.default_rng([seed, cls, split,
 number])`` and a per-class texture derived from ``[seed, cls, size]`` alone, so the files
@@ -175,6 +183,33 @@ def _fibres(
     return _standardise(fibres + 0.25 * _filtered_noise(rng, t, 5.0 * r))
 
 
+def _vertical_fibres(
+    rng: np.random.Generator,
+    t: int,
+    r: float,
+    *,
+    width: float,
+    length: float,
+    mottle_along: float,
+    mottle_across: float,
+    mottle_weight: float,
+    shading: float,
+    shading_weight: float,
+) -> np.ndarray:
+    """Soft vertical fibre bands under a fine, horizontally smeared mottle (real class 8).
+
+    The bands carry most of the variance and stay correlated over hundreds of pixels
+    vertically but only a dozen horizontally; the mottle, a few pixels long along x and
+    shorter along y, is why real class 8 decorrelates faster vertically than horizontally
+    at a 1-3 px lag although its fibres are vertical.
+    """
+    bands = _filtered_noise(rng, t, length * r, width * r, math.pi / 2)
+    mottle = _filtered_noise(rng, t, mottle_along * r, mottle_across * r)
+    return _standardise(
+        bands + mottle_weight * mottle + shading_weight * _filtered_noise(rng, t, shading * r)
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Class specifications.
 # --------------------------------------------------------------------------------------
@@ -182,7 +217,11 @@ def _fibres(
 SCRATCH = "scratch"
 BLOB = "blob"
 MISSING = "missing"
-DEFECT_KINDS = (SCRATCH, BLOB, MISSING)
+# Real class 8's scratch: a groove whose two walls show as a dark and a bright 1-px line
+# side by side. Their mean over the mask is about zero and a 2x downscale averages much of
+# their peak away, which is what makes the class hard.
+HAIRLINE = "hairline"
+DEFECT_KINDS = (SCRATCH, BLOB, MISSING, HAIRLINE)
 
 
 @dataclass(frozen=True)
@@ -219,8 +258,12 @@ CLASS_SPECS: dict[int, ClassSpec] = {
                  0.45, ((MISSING, 0.6), (BLOB, 0.4))),
     7: ClassSpec(P(_smooth, scale=16.0, detail=0.2), 85, 12, 8, True, 3800, 0.45,
                  ((BLOB, 0.6), (SCRATCH, 0.4))),
-    8: ClassSpec(P(_streaks, angle_deg=35, length=70, width=1.5), 150, 14, 4, False, 2200, 0.5,
-                 ((SCRATCH, 0.6), (BLOB, 0.4)), directions=(35,)),
+    # The calibrated hard case: texture, grain, grey level and mask areas fitted to figures
+    # measured on genuine Class 8 Train images (autocorrelations along x and y, pixel
+    # difference stds, column- and row-mean stds; areas: median 940, quartiles 490-1720).
+    8: ClassSpec(P(_vertical_fibres, width=12.5, length=140, mottle_along=3.7, mottle_across=2.3,
+                   mottle_weight=0.68, shading=95, shading_weight=0.17), 110, 35, 6.2, False,
+                 1440, 0.93, ((HAIRLINE, 1.0),), directions=(90,)),
     9: ClassSpec(P(_granular, grain=2.5, clump=8.0, clump_weight=0.6), 170, 16, 6, True, 1000, 0.55,
                  ((BLOB, 0.5), (SCRATCH, 0.3), (MISSING, 0.2))),
     10: ClassSpec(P(_woven, period=24, angle_deg=30, warp=1.2), 95, 16, 5, False, 3000, 0.45,
@@ -228,7 +271,8 @@ CLASS_SPECS: dict[int, ClassSpec] = {
 }
 del P
 
-# Mask areas at 512x512; the smallest real masks are a few pixels, the largest ~10,000.
+# Mask areas at 512x512; the smallest real masks are a few pixels, the largest ~10,000
+# (one of genuine Class 8's 150 Train masks reaches 18,700).
 _MIN_AREA = 150.0
 _MAX_AREA = 11000.0
 
@@ -290,8 +334,11 @@ class Ellipse:
         return dx * c + dy * s, -dx * s + dy * c
 
 
-_ASPECT = {SCRATCH: (4.0, 9.0), BLOB: (1.0, 2.2), MISSING: (1.0, 2.0)}
+# Hairline masks: moment-based aspect ratios on genuine Class 8 Train, quartiles 2.6-4.2.
+_ASPECT = {SCRATCH: (4.0, 9.0), BLOB: (1.0, 2.2), MISSING: (1.0, 2.0), HAIRLINE: (1.8, 5.0)}
 # A scratch running along the texture's own lines would be invisible, not just hard.
+# Hairlines keep any angle: real class 8's spread evenly over 0-180 degrees, and a 1-px
+# groove still shows along soft bands.
 _MIN_SCRATCH_OFFSET_DEG = 20.0
 
 
@@ -360,6 +407,9 @@ def _apply_defect(
         local_mean += np.float32(rng.uniform(-0.5, 0.3) * spec.contrast)
         weight = np.float32(rng.uniform(0.6, 0.9)) * _smoothstep((1.0 - rho2) / 0.35)
         patch += weight * (local_mean - patch)
+    elif kind == HAIRLINE:
+        # cut at the mask's edge: on the smallest ellipses the bow can reach past it
+        patch += _hairline(u, v, e, spec, rng, r) * inside
     else:  # SCRATCH
         bow = rng.uniform(-0.5, 0.5) * e.b
         centre = bow * (0.5 - (u / np.float32(e.a)) ** 2)
@@ -370,6 +420,40 @@ def _apply_defect(
         sign = 1.0 if rng.random() < 0.5 else -1.0
         patch += np.float32(sign * rng.uniform(2.0, 3.2) * variation) * line
     return inside
+
+
+# Measured on genuine Class 8 Train images: the scratch spans half the mask's major axis
+# (0.48-0.52 of it), bows by 3-11% of its length at its middle, and each of its walls peaks
+# at about 2.4 texture stds from the local background (medians -86 and +90 grey levels).
+# The two ranges below are fitted so the same measurement gives those figures here: the
+# profile is narrower than a pixel, so averaging over the pixel lowers its peak.
+_HAIRLINE_SAG = (0.02, 0.11)
+_HAIRLINE_WIDTH = (0.34, 0.46)  # sigma of the groove's profile, pixels at 512
+_HAIRLINE_PEAK = (3.6, 4.2)  # the profile's peak before pixel averaging, times texture std
+
+
+def _hairline(
+    u: np.ndarray, v: np.ndarray, e: Ellipse, spec: ClassSpec, rng: np.random.Generator, r: float
+) -> np.ndarray:
+    """The grey-level change of a thin groove along the ellipse's major axis (box, float32).
+
+    The profile across the line is a Gaussian's derivative, averaged over one pixel: a
+    bright wall beside a dark one. At half the size they share pixels and partly cancel,
+    as the walls of a real scratch do when its image is downscaled.
+    """
+    half = 0.5 * e.a
+    sag = rng.uniform(*_HAIRLINE_SAG) * 2.0 * half * (1.0 if rng.random() < 0.5 else -1.0)
+    d = v - np.float32(sag) * (1.0 - (u / np.float32(half)) ** 2)
+    width = rng.uniform(*_HAIRLINE_WIDTH) * r
+    two_var = np.float32(2.0 * width**2)
+    # the mean over [d - 0.5, d + 0.5] of -(d / width) * exp(0.5 - d**2 / two_var)
+    profile = np.float32(width * math.exp(0.5)) * (
+        np.exp(-((d + 0.5) ** 2) / two_var) - np.exp(-((d - 0.5) ** 2) / two_var)
+    )
+    peak = rng.uniform(*_HAIRLINE_PEAK) * spec.contrast * (1.0 if rng.random() < 0.5 else -1.0)
+    # the real scratches end abruptly: a 2 px taper centred on each end only stops aliasing
+    taper = _smoothstep(0.5 + (half - np.abs(u)) / np.float32(2.0 * r))
+    return (np.float32(peak) * profile * taper).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
