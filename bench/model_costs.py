@@ -1,6 +1,6 @@
 """Each committed configuration and the previous default, side by side in one run.
 
-Prints JSON: for every ``local_test/hyperparameters/*.json`` (and the demo's), parameters,
+Prints JSON: for every ``local_test/hyperparameters/*.json`` (the demo uses real-cpu), parameters,
 GFLOPs per image at its own input size (torch's FlopCounterMode, 2 FLOPs per
 multiply-add), CPU batch-inference images/s as served (BatchNorm folded,
 channels-last) and as trained (unfolded), and training images/s; the CPU recipe also in
@@ -25,9 +25,7 @@ from dagm_defects.training.hyperparameters import parse_hyperparameters
 from dagm_defects.training.loop import train_step
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGURATIONS = sorted((REPO / "local_test" / "hyperparameters").glob("*.json")) + [
-    REPO / "local_test" / "demo_hyperparameters.json"
-]
+CONFIGURATIONS = sorted((REPO / "local_test" / "hyperparameters").glob("*.json"))
 
 
 def gflops(model, size: int) -> float:
