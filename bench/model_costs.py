@@ -83,24 +83,21 @@ def measure(config: ModelConfig, seconds: float, infer_batch: int, train_batch: 
 
 
 def configuration(path: Path) -> ModelConfig:
-    hp = parse_hyperparameters(json.loads(path.read_text()))
-    return ModelConfig(width=hp.width, depth=hp.depth, image_size=hp.image_size, space_to_depth=hp.space_to_depth,
-                       dilated_context=hp.dilated_context)
+    return parse_hyperparameters(json.loads(path.read_text())).model_config()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
+    configs = {str(path.relative_to(REPO)): configuration(path) for path in CONFIGURATIONS}
     configurations = {}
-    for path in CONFIGURATIONS:
-        config = configuration(path)
+    for name, config in configs.items():
         wide = config.width >= 0.5  # the reference at 512x512: a few images per step on a CPU
-        configurations[str(path.relative_to(REPO))] = measure(config, args.seconds, 2 if wide else 16, 2 if wide else 8)
-    cpu = configurations["local_test/hyperparameters/real-cpu.json"]
-    gpu = configurations["local_test/hyperparameters/real-gpu.json"]
-    nchw = measure(configuration(REPO / "local_test" / "hyperparameters" / "real-cpu.json"), args.seconds, 16, 8,
-                   layout=torch.contiguous_format)
+        configurations[name] = measure(config, args.seconds, 2 if wide else 16, 2 if wide else 8)
+    cpu_name = "local_test/hyperparameters/real-cpu.json"
+    cpu, gpu = configurations[cpu_name], configurations["local_test/hyperparameters/real-gpu.json"]
+    nchw = measure(configs[cpu_name], args.seconds, 16, 8, layout=torch.contiguous_format)
     previous = measure(ModelConfig(image_size=256, space_to_depth=1, decision_width=0.125, dilated_context=False),
                        args.seconds, 16, 8)
     print(json.dumps({

@@ -99,7 +99,7 @@ def test_decision_loss_does_not_reach_the_segmentation_network():
 def test_invalid_configuration_is_rejected():
     with pytest.raises(ValueError, match="image_size must be a multiple of 32"):
         ModelConfig(image_size=100, space_to_depth=1)
-    with pytest.raises(ValueError, match="multiple of 64 and >= 128 with space_to_depth=2"):
+    with pytest.raises(ValueError, match="image_size must be a multiple of 64 and >= 128 with space_to_depth 2, got 96"):
         ModelConfig(image_size=96, space_to_depth=2)
     with pytest.raises(ValueError, match="space_to_depth must be 1, 2 or 4"):
         ModelConfig(image_size=512, space_to_depth=3)

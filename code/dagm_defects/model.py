@@ -30,6 +30,17 @@ SEGMENTATION_STRIDE = 8
 STD_FLOOR = 1.0
 
 
+def image_size_requirement(image_size: int, space_to_depth: int) -> str | None:
+    """What `image_size` must be for this stem, or None when it already is.
+
+    The stem divides the input by `space_to_depth`, the segmentation network by 8, and
+    the decision head halves that map three times more: it needs 64 px to work on."""
+    if image_size % (32 * space_to_depth) == 0 and image_size >= 64 * space_to_depth:
+        return None
+    requirement = f"a multiple of {32 * space_to_depth} and >= {64 * space_to_depth}"
+    return requirement + (f" with space_to_depth {space_to_depth}" if space_to_depth > 1 else "")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The architecture settings saved with the weights; enough to rebuild the model."""
@@ -54,19 +65,13 @@ class ModelConfig:
             raise ValueError(f"width must be within 0.01..4, got {self.width}")
         if not 0.25 <= self.depth <= 4:
             raise ValueError(f"depth must be within 0.25..4, got {self.depth}")
-        if self.image_size < 64 or self.image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32 and >= 64, got {self.image_size}")
         if not 0.01 <= self.decision_width <= 4:
             raise ValueError(f"decision_width must be within 0.01..4, got {self.decision_width}")
         if self.space_to_depth not in (1, 2, 4):
             raise ValueError(f"space_to_depth must be 1, 2 or 4, got {self.space_to_depth}")
-        block = self.space_to_depth
-        # The decision head halves the 1/8 map three times more: it needs 64 px to work on.
-        if self.image_size % (32 * block) or self.image_size < 64 * block:
-            raise ValueError(
-                f"image_size must be a multiple of {32 * block} and >= {64 * block} with "
-                f"space_to_depth={block}, got {self.image_size}"
-            )
+        requirement = image_size_requirement(self.image_size, self.space_to_depth)
+        if requirement:
+            raise ValueError(f"image_size must be {requirement}, got {self.image_size}")
 
     @property
     def downsample(self) -> int:

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from dagm_defects.model import ModelConfig, image_size_requirement
+
 ALL_CLASSES = tuple(range(1, 11))
 
 
@@ -157,6 +159,11 @@ class Hyperparameters:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def model_config(self) -> ModelConfig:
+        """The architecture these hyperparameters build."""
+        return ModelConfig(width=self.width, depth=self.depth, image_size=self.image_size,
+                           space_to_depth=self.space_to_depth, dilated_context=self.dilated_context)
+
 
 def _is_platform_key(key: str) -> bool:
     # SageMaker adds these (sagemaker_program, _tuning_objective_metric, ...).
@@ -185,12 +192,9 @@ def parse_hyperparameters(raw: dict[str, Any]) -> Hyperparameters:
                 f"hyperparameter '{key}' must be {parser.expected}, got {json.dumps(value)}"
             )
     size = values.get("image_size", Hyperparameters.image_size)
-    block = values.get("space_to_depth", Hyperparameters.space_to_depth)
-    if size % (32 * block) or size < 64 * block:
-        rule = f"a multiple of {32 * block} and >= {64 * block}"
-        if block > 1:
-            rule += f" with space_to_depth {block}"
-        problems.append(f"hyperparameter 'image_size' must be {rule}, got {size}")
+    requirement = image_size_requirement(size, values.get("space_to_depth", Hyperparameters.space_to_depth))
+    if requirement:
+        problems.append(f"hyperparameter 'image_size' must be {requirement}, got {size}")
     if problems:
         raise HyperparameterError("; ".join(problems))
     return Hyperparameters(**values)

@@ -17,7 +17,7 @@ from dagm_defects.evaluation import metrics
 from dagm_defects.evaluation.report import write_report
 from dagm_defects.device import Device
 from dagm_defects.imaging import image_statistics, summarize_statistics
-from dagm_defects.model import ModelConfig, build_model, inference_copy
+from dagm_defects.model import build_model, inference_copy
 from dagm_defects.progress import write_line
 from dagm_defects.training.baseline import evaluate_baseline, load_baseline, warm_start
 from dagm_defects.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
@@ -83,8 +83,7 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
          train_defective=int(splits.train.labels.sum()), validation_images=len(splits.validation),
          test_images=len(splits.test), test_source=json.dumps(splits.test_source))
 
-    config = ModelConfig(width=hp.width, depth=hp.depth, image_size=hp.image_size,
-                         space_to_depth=hp.space_to_depth, dilated_context=hp.dilated_context)
+    config = hp.model_config()
     model = build_model(config)
     if hp.warm_start:
         warm_start(model, baseline, config)
