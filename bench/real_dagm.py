@@ -86,30 +86,29 @@ def synthetic_only(args, base: dict, genuine: int) -> dict:
     shutil.rmtree(data / "Class8" / "Test")
     work = args.out / "synthetic-only"
     minutes = train(data, work, {**base, "seed": "0"}, "synthetic only", test=args.data)
-    evaluation = json.loads((work / "output" / "data" / "evaluation.json").read_text())
-    overall = evaluation["overall"]
-    return {"trained_on": f"synthetic class 8, {genuine} Train images", "evaluated_on": evaluation["source"],
-            "images": overall["n"], "defective": overall["n_defective"], **_rounded(overall),
-            "threshold": round(evaluation["threshold"], 4), "training_minutes": round(minutes, 2)}
+    return {"trained_on": f"synthetic class 8, {genuine} Train images", **job_result(work, minutes)}
 
 
-def seed_result(work: Path, minutes: float, images: np.ndarray) -> dict:
+def job_result(work: Path, minutes: float) -> dict:
+    """What the job's evaluation.json says, and how long the job took."""
     evaluation = json.loads((work / "output" / "data" / "evaluation.json").read_text())
     overall = evaluation["overall"]
     return {
         "evaluated_on": evaluation["source"],
         "images": overall["n"],
         "defective": overall["n_defective"],
-        **_rounded(overall),
+        **{k: round(overall[k], 4) for k in ("ap", "auroc", "recall", "precision")},
         "threshold": round(evaluation["threshold"], 4),
         "training_minutes": round(minutes, 2),
-        "inference_images_per_sec": {f"batch {n}": round(inference_rate(work / "model", images, n), 1)
-                                     for n in INFERENCE_BATCHES},
     }
 
 
-def _rounded(overall: dict) -> dict:
-    return {k: round(overall[k], 4) for k in ("ap", "auroc", "recall", "precision")}
+def seed_result(work: Path, minutes: float, images: np.ndarray) -> dict:
+    return {
+        **job_result(work, minutes),
+        "inference_images_per_sec": {f"batch {n}": round(inference_rate(work / "model", images, n), 1)
+                                     for n in INFERENCE_BATCHES},
+    }
 
 
 def main() -> int:
