@@ -150,7 +150,7 @@ def _bad_requests(sample: np.ndarray) -> dict[str, tuple[bytes, dict, int, str]]
     huge = png(np.zeros((4200, 4200), np.uint8))
     ct = "Content-Type"
     return {
-        "garbage png": (b"\x89PNG garbage", {ct: "image/png"}, 400, "decodable"),
+        "garbage png": (b"\x89PNG garbage", {ct: "image/png"}, 400, "not a PNG image"),
         "truncated png": (good[: len(good) // 2], {ct: "image/png"}, 400, "image"),
         "garbage jpeg": (b"\xff\xd8\xff not really", {ct: "image/jpeg"}, 400, "image"),
         "empty body": (b"", {ct: "image/png"}, 400, "empty"),

@@ -1,4 +1,4 @@
-"""Serving configuration, custom attributes and the batch envelope, through their parsers."""
+"""Serving configuration, custom attributes and the front-to-worker wire format, through their parsers."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import io
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dagm_defects.artifact import ArtifactError
-from dagm_serve import envelope, environment
+from dagm_serve import environment, wire
 from dagm_defects.archive import unpack
 from dagm_serve.codec import RequestError
 from dagm_serve.options import RequestOptions, parse_options
@@ -59,16 +60,23 @@ def test_custom_attributes():
     for bad in ("threshold=", "threshold", "threshold=nan", "threshold=-0.1", "mask=1", "x" * 1025):
         with pytest.raises(RequestError) as error:
             parse_options(bad)
-        assert error.value.status_code == 400
+        assert error.value.status == 400
 
 
-def test_envelope_round_trip_and_refusal():
-    parts = [envelope.Part(b"\x89PNG", "image/png", "application/json", "threshold=0.1"),
-             envelope.Part(b"", None), envelope.Part(b"{}", "application/json", status=400)]
-    assert envelope.unpack(envelope.pack(parts)) == parts
-    for bad in (b"", b"no newline", b"{}\n", b'[{"length": 5}]\nabc', b'[{"nope": 1, "length": 0}]\n'):
-        with pytest.raises(envelope.EnvelopeError):
-            envelope.unpack(bad)
+def test_wire_round_trip_keeps_bytes_newlines_and_shapes_and_refuses_foreign_bodies():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 512, 512), dtype=np.uint8)
+    images[0, 0, :8] = np.frombuffer(b"\n\n{}[]\n\x00", np.uint8)  # the separator inside the data
+    scores = np.array([0.1, 0.5, 1.0], np.float32)
+    body = wire.pack({"forward_id": "12-3"}, [images, scores, np.zeros((0, 4), np.float32)])
+    meta, (got_images, got_scores, empty) = wire.unpack(body)
+    assert meta == {"forward_id": "12-3"}
+    assert np.array_equal(got_images, images) and got_images.dtype == np.uint8
+    assert np.array_equal(got_scores, scores) and empty.shape == (0, 4)
+    for bad in (b"", b"no newline", b"{}\n", b'{"meta": {}, "arrays": [{"dtype": "|u1", "shape": [5]}]}\nabc',
+                body[:-1], body + b"x", b'{"meta": [], "arrays": []}\n'):
+        with pytest.raises(wire.WireError):
+            wire.unpack(bad)
 
 
 def test_hard_links_and_devices_are_refused(tmp_path: Path):

@@ -24,7 +24,8 @@ class ImageDecodeError(ValueError):
     """Bytes or a file that is not a usable image; the message names why."""
 
 
-def _to_gray(image: Image.Image) -> tuple[np.ndarray, str | None]:
+def to_gray(image: Image.Image) -> tuple[np.ndarray, str | None]:
+    """An opened image's pixels as 8-bit HxW, and a note when it had to be converted."""
     mode = image.mode
     if mode == "L":
         return np.asarray(image, dtype=np.uint8), None
@@ -37,6 +38,50 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, str | None]:
         return np.asarray(image.convert("L"), dtype=np.uint8), "converted 1-bit to 8-bit grayscale"
     return np.asarray(image.convert("L"), dtype=np.uint8), f"converted {mode} to grayscale"
 
+
+def open_image(
+    data: bytes,
+    name: str,
+    max_pixels: int = MAX_PIXELS,
+    allow_wide: bool = True,
+    formats: tuple[str, ...] | None = None,
+) -> Image.Image:
+    """Read only an image's header, so that its size, mode and format can be refused before
+    a single pixel is decoded; `formats` (Pillow's names, e.g. ("PNG",)) limits which
+    parsers may look at the bytes. Decode with `decode_opened`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=formats)
+    except UnidentifiedImageError:
+        expected = f"a {' or '.join(formats)} image" if formats else "a decodable image"
+        raise ImageDecodeError(f"{name}: not {expected} (unrecognised or corrupt format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from None
+    width, height = image.size
+    if width * height > max_pixels or min(width, height) < 1:
+        raise ImageDecodeError(f"{name}: {width}x{height} is outside the 1 to {max_pixels} pixels allowed")
+    if not allow_wide and image.mode in WIDE_MODES:
+        raise ImageDecodeError(
+            f"{name}: {image.mode} images ({'16' if image.mode.startswith('I;16') else '32'}-bit) "
+            "are not accepted; send 8-bit grayscale or colour"
+        )
+    return image
+
+
+def decode_opened(image: Image.Image, name: str) -> tuple[np.ndarray, str | None]:
+    """The pixels of an `open_image` result (8-bit HxW) and its conversion note."""
+    try:
+        with warnings.catch_warnings(), image:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+            return to_gray(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
 def decode_gray(
@@ -51,31 +96,12 @@ def decode_gray(
     `allow_wide=False`, 16/32-bit images are refused instead of scaled: a server cannot
     know which bit range a camera used, and a wrong guess gives confident nonsense."""
     where = name or ("image bytes" if isinstance(source, bytes) else str(source))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-            with handle, Image.open(handle) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageDecodeError(
-                        f"{where}: {width}x{height} is larger than the {max_pixels} pixels allowed"
-                    )
-                if not allow_wide and image.mode in WIDE_MODES:
-                    raise ImageDecodeError(
-                        f"{where}: {image.mode} images ({'16' if image.mode.startswith('I;16') else '32'}-bit) "
-                        "are not accepted; send 8-bit grayscale or colour"
-                    )
-                image.load()
-                return _to_gray(image)
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"{where}: not a decodable image (unrecognised or corrupt format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{where}: refused as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"{where}: corrupt or truncated image ({exc})") from None
+    if not isinstance(source, bytes):
+        try:
+            source = Path(source).read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    return decode_opened(open_image(source, where, max_pixels, allow_wide), where)
 
 
 def resize_square(gray: np.ndarray, size: int) -> np.ndarray:

@@ -1,13 +1,21 @@
-"""The endpoint's wire format: request bodies in, predictions out.
+"""The endpoint's wire format: request bodies in, answers out.
 
 Request content types (one request may carry several images):
-  image/png, image/jpeg     one image
+  image/png, image/jpeg     one image, parsed only as the declared format
   application/x-npy         HxW or NxHxW uint8 array (no pickles)
   application/json          {"instances": [{"b64": "<base64 PNG/JPEG>"}, ...]}
   application/jsonlines     one {"b64": ...} object per line (batch transform, SplitType=Line)
 Responses, by Accept: application/json (default), application/jsonlines, image/png (the
 mask of a single image), application/x-npy (float32 NxHxW probability maps).
-Every problem is a `RequestError` with the HTTP status and a message naming it.
+
+A request is checked in full before any pixel is decoded: the image count, each image's
+size and mode from its header (an .npy header before its array is touched; a JSON
+body's instance count before any base64), and the pixels of the whole request against
+`Limits.max_pixels`. So a refused request costs what reading its headers costs, and
+the memory of a request that is decoded is bounded. Every problem is a `RequestError`
+with the HTTP status and a message naming it; `decode_request` turns any other failure
+of one request's bytes (a Pillow error of any kind, MemoryError, RecursionError) into
+one too, so a bad request can only fail itself.
 """
 
 from __future__ import annotations
@@ -16,33 +24,55 @@ import base64
 import binascii
 import io
 import json
+import logging
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
-from sagemaker_inference import content_types
-from sagemaker_inference.errors import BaseInferenceToolkitError
 
-from dagm_defects.imaging import MAX_PIXELS, ImageDecodeError, decode_gray
+from dagm_defects.imaging import MAX_PIXELS, ImageDecodeError, decode_opened, open_image
 
 PNG = "image/png"
 JPEG = "image/jpeg"
+NPY = "application/x-npy"
+JSON = "application/json"
 JSONLINES = "application/jsonlines"
-REQUEST_TYPES = (PNG, JPEG, content_types.NPY, content_types.JSON, JSONLINES)
-RESPONSE_TYPES = (content_types.JSON, JSONLINES, PNG, content_types.NPY)
+ANY = "*/*"
+REQUEST_TYPES = (PNG, JPEG, NPY, JSON, JSONLINES)
+RESPONSE_TYPES = (JSON, JSONLINES, PNG, NPY)
 ALIASES = {"image/jpg": JPEG, "application/x-jsonlines": JSONLINES, "application/jsonl": JSONLINES}
 JSON_SHAPE = '{"instances": [{"b64": "<base64 PNG or JPEG>"}, ...]}'
+# Pillow's parsers per declared type: a body is never sniffed as some other format.
+PILLOW_FORMATS = {PNG: ("PNG",), JPEG: ("JPEG",), JSON: ("PNG", "JPEG"), JSONLINES: ("PNG", "JPEG")}
+
+# What np.save writes; a header this long is no image array.
+NPY_HEADER_READERS = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
+NPY_MAX_HEADER = 10_000
+
+log = logging.getLogger(__name__)
 
 
-class RequestError(BaseInferenceToolkitError):
-    """A request this server refuses; `status_code` is the HTTP status to answer with."""
+class RequestError(Exception):
+    """A request this server refuses; `status` is the HTTP status to answer with."""
 
     def __init__(self, status: HTTPStatus, message: str):
-        super().__init__(int(status), message, status.phrase)
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
 
     def body(self) -> bytes:
         return json.dumps({"error": self.message}).encode()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold (DAGM_MAX_IMAGES_PER_REQUEST, DAGM_MAX_PIXELS_PER_REQUEST)."""
+
+    max_images: int
+    max_pixels: int
+    max_image_pixels: int = MAX_PIXELS
 
 
 def media_type(header: str | None) -> str:
@@ -54,9 +84,9 @@ def media_type(header: str | None) -> str:
 def negotiate(accept: str | None) -> str:
     """The first response type the Accept header allows; JSON for none or */*."""
     offered = [media_type(part) for part in (accept or "").split(",") if part.strip()]
-    for wanted in offered or [content_types.ANY]:
-        if wanted in (content_types.ANY, "application/*"):
-            return content_types.JSON
+    for wanted in offered or [ANY]:
+        if wanted in (ANY, "application/*"):
+            return JSON
         if wanted == "image/*":
             return PNG
         if wanted in RESPONSE_TYPES:
@@ -67,67 +97,121 @@ def negotiate(accept: str | None) -> str:
     )
 
 
-def _image(data: bytes, name: str) -> np.ndarray:
+def _too_many(count: int, limits: Limits) -> RequestError:
+    return RequestError(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        f"{count} images in one request; at most {limits.max_images} (DAGM_MAX_IMAGES_PER_REQUEST)",
+    )
+
+
+def _check_pixels(sizes: Iterable[tuple[int, int]], limits: Limits) -> None:
+    total = sum(w * h for w, h in sizes)
+    if total > limits.max_pixels:
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the request's images hold {total} pixels; at most {limits.max_pixels} per request "
+            "(DAGM_MAX_PIXELS_PER_REQUEST)",
+        )
+
+
+def _open(data: bytes, name: str, kind: str, limits: Limits) -> Image.Image:
     try:
-        gray, _ = decode_gray(data, name=name, allow_wide=False)
+        return open_image(data, name, limits.max_image_pixels, allow_wide=False, formats=PILLOW_FORMATS[kind])
     except ImageDecodeError as exc:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
-    return gray
 
 
-def _b64_image(item: object, name: str) -> np.ndarray:
+def _b64(item: object, name: str) -> bytes:
     if not isinstance(item, dict) or not isinstance(item.get("b64"), str):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be an object {{\"b64\": \"...\"}}")
     try:
-        data = base64.b64decode(item["b64"], validate=True)
+        return base64.b64decode(item["b64"], validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"{name}: 'b64' is not valid base64") from None
-    return _image(data, name)
 
 
-def _json_images(body: bytes) -> list[np.ndarray]:
+def _json(text: bytes, where: str):
     try:
-        document = json.loads(body)
+        return json.loads(text)
+    except RecursionError:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{where} is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON ({exc})") from None
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{where} is not valid JSON ({exc})") from None
+
+
+def _json_items(body: bytes, limits: Limits) -> list[tuple[object, str]]:
+    document = _json(body, "body")
     instances = document.get("instances") if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"JSON body must be {JSON_SHAPE}")
-    return [_b64_image(item, f"instances[{i}]") for i, item in enumerate(instances)]
+    if len(instances) > limits.max_images:
+        raise _too_many(len(instances), limits)
+    return [(item, f"instances[{i}]") for i, item in enumerate(instances)]
 
 
-def _jsonlines_images(body: bytes) -> list[np.ndarray]:
-    images = []
-    for number, line in enumerate(body.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"line {number} is not valid JSON ({exc})") from None
-        images.append(_b64_image(item, f"line {number}"))
-    if not images:
+def _jsonlines_items(body: bytes, limits: Limits) -> list[tuple[object, str]]:
+    lines = [(number, line) for number, line in enumerate(body.splitlines(), start=1) if line.strip()]
+    if not lines:
         raise RequestError(HTTPStatus.BAD_REQUEST, 'JSON lines body has no {"b64": ...} lines')
-    return images
+    if len(lines) > limits.max_images:
+        raise _too_many(len(lines), limits)
+    return [(_json(line, f"line {number}"), f"line {number}") for number, line in lines]
 
 
-def _npy_images(body: bytes) -> list[np.ndarray]:
+def _npy(body: bytes, limits: Limits) -> list[np.ndarray]:
+    """The images of an .npy body, its header checked before the array is touched."""
+    stream = io.BytesIO(body)
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = NPY_HEADER_READERS.get(major)
+        if read_header is None:
+            raise ValueError(f".npy format version {major} is not supported; send version 1 or 2")
+        shape, fortran, dtype = read_header(stream, max_header_size=NPY_MAX_HEADER)
+    except (ValueError, TypeError, EOFError, SyntaxError) as exc:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not a .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim not in (2, 3):
-        described = f"{getattr(array, 'dtype', type(array).__name__)} array of shape {getattr(array, 'shape', '?')}"
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"x-npy body must be an HxW or NxHxW uint8 array, got a {described}")
-    height, width = array.shape[-2:]
-    if min(height, width) == 0 or height * width > MAX_PIXELS:
-        raise RequestError(
-            HTTPStatus.BAD_REQUEST, f"x-npy images are {width}x{height}; each must have 1 to {MAX_PIXELS} pixels"
-        )
+    if dtype != np.uint8 or len(shape) not in (2, 3):
+        raise RequestError(HTTPStatus.BAD_REQUEST,
+                           f"x-npy body must be an HxW or NxHxW uint8 array, got a {dtype} array of shape {shape}")
+    count = shape[0] if len(shape) == 3 else 1
+    height, width = shape[-2:]
+    if count == 0 or min(height, width) == 0 or height * width > limits.max_image_pixels:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"x-npy images are {width}x{height} (shape {shape}); "
+                                                   f"each must have 1 to {limits.max_image_pixels} pixels")
+    if count > limits.max_images:
+        raise _too_many(count, limits)
+    _check_pixels([(width, height)] * count, limits)
+    offset, expected = stream.tell(), count * height * width
+    if len(body) - offset != expected:
+        raise RequestError(HTTPStatus.BAD_REQUEST,
+                           f"x-npy header declares shape {shape} ({expected} bytes), the body carries {len(body) - offset}")
+    array = np.frombuffer(body, np.uint8, expected, offset).reshape(shape, order="F" if fortran else "C")
     return [array] if array.ndim == 2 else list(array)
 
 
-def decode_request(body: bytes, content_type: str | None, max_images: int) -> list[np.ndarray]:
+def _decode(body: bytes, kind: str, limits: Limits) -> list[np.ndarray]:
+    if kind == NPY:
+        return _npy(body, limits)
+    if kind in (PNG, JPEG):
+        opened = [(_open(body, "request body", kind, limits), "request body")]
+    else:
+        items = _json_items(body, limits) if kind == JSON else _jsonlines_items(body, limits)
+        opened = [(_open(_b64(item, name), name, kind, limits), name) for item, name in items]
+    _check_pixels((image.size for image, _ in opened), limits)
+    try:
+        return [_gray(image, name) for image, name in opened]
+    finally:
+        for image, _ in opened:
+            image.close()
+
+
+def _gray(image: Image.Image, name: str) -> np.ndarray:
+    try:
+        return decode_opened(image, name)[0]
+    except ImageDecodeError as exc:
+        raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+
+def decode_request(body: bytes, content_type: str | None, limits: Limits) -> list[np.ndarray]:
     """The request's images as 8-bit HxW arrays, in request order."""
     kind = media_type(content_type)
     if kind not in REQUEST_TYPES:
@@ -137,72 +221,17 @@ def decode_request(body: bytes, content_type: str | None, max_images: int) -> li
         )
     if not body:
         raise RequestError(HTTPStatus.BAD_REQUEST, "request body is empty")
-    if kind in (PNG, JPEG):
-        images = [_image(body, "request body")]
-    elif kind == content_types.NPY:
-        images = _npy_images(body)
-    elif kind == content_types.JSON:
-        images = _json_images(body)
-    else:
-        images = _jsonlines_images(body)
-    if len(images) > max_images:
-        raise RequestError(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"{len(images)} images in one request; at most {max_images} (DAGM_MAX_IMAGES_PER_REQUEST)",
-        )
-    return images
-
-
-def count_images(body: bytes, content_type: str | None) -> int:
-    """About how many images a request carries, without decoding them (for batching
-    only: a wrong guess sizes one batch badly, the worker still checks everything)."""
-    kind = media_type(content_type)
-    if kind == content_types.NPY:
-        try:
-            stream = io.BytesIO(body)
-            major, _ = np.lib.format.read_magic(stream)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, _ = read_header(stream)
-            return int(shape[0]) if len(shape) == 3 else 1
-        except (ValueError, TypeError, EOFError):
-            return 1
-    if kind == content_types.JSON:
-        return max(1, body.count(b'"b64"'))
-    if kind == JSONLINES:
-        return max(1, sum(1 for line in body.splitlines() if line.strip()))
-    return 1
-
-
-@dataclass(frozen=True)
-class Prediction:
-    score: float
-    threshold: float
-    mask: np.ndarray  # bool, at the input image's own size; empty unless defective
-    probability_map: np.ndarray  # float32 at the model's map resolution
-
-    @property
-    def defective(self) -> bool:
-        return self.score >= self.threshold
-
-    def to_dict(self, with_mask: bool) -> dict:
-        rows, cols = np.nonzero(self.mask)
-        bbox = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1] if len(rows) else None
-        record = {
-            "score": round(self.score, 6),
-            "defective": self.defective,
-            "threshold": self.threshold,
-            "defect_area_px": int(len(rows)),
-            "bbox": bbox,
-        }
-        if with_mask:
-            record["mask_png_b64"] = base64.b64encode(mask_png(self.mask)).decode()
-        return record
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out, format="PNG", compress_level=1)
-    return out.getvalue()
+    try:
+        return _decode(body, kind, limits)
+    except RequestError:
+        raise
+    except MemoryError:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the request's images do not fit in memory") from None
+    except RecursionError:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "the body is nested too deeply") from None
+    except Exception as exc:  # a parser's own bug on hostile bytes is still this request's problem
+        log.warning("refused a %s body: %s: %s", kind, type(exc).__name__, exc)
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"the {kind} body cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
 def check_answerable(accept: str, count: int) -> None:
@@ -213,14 +242,24 @@ def check_answerable(accept: str, count: int) -> None:
         )
 
 
-def encode_response(predictions: list[Prediction], accept: str, with_mask: bool) -> bytes:
+def mask_png(mask: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def encode_response(predictions: list, accept: str, with_mask: bool) -> bytes:
+    """The answer body for `predictions` (prediction.Prediction) in the `accept` type."""
     if accept == PNG:
         return mask_png(predictions[0].mask)
-    if accept == content_types.NPY:
+    if accept == NPY:
         out = io.BytesIO()
         np.save(out, np.stack([p.probability_map for p in predictions]).astype(np.float32), allow_pickle=False)
         return out.getvalue()
-    records = [p.to_dict(with_mask) for p in predictions]
+    records = [p.to_dict() for p in predictions]
+    if with_mask:
+        for record, prediction in zip(records, predictions):
+            record["mask_png_b64"] = base64.b64encode(mask_png(prediction.mask)).decode()
     if accept == JSONLINES:
         return "".join(json.dumps(r) + "\n" for r in records).encode()
     return json.dumps({"predictions": records}).encode()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
+from dagm_serve.codec import Limits
+
 T = TypeVar("T")
 
 DEFAULT_PORT = 8080
@@ -53,10 +55,19 @@ class ServingSettings:
     endpoint_name: str | None = None
     variant_name: str | None = None
     drift_publish_s: int = 60
+    max_pixels_per_request: int = 64 * 2**20
+    max_queued_requests: int = 256
+    max_connections: int = 1024
+    idle_timeout_s: int = 60
+    drain_s: int = 25
+    decode_threads: int = 2
 
     @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * 1024 * 1024
+
+    def limits(self) -> Limits:
+        return Limits(self.max_images_per_request, self.max_pixels_per_request)
 
     def execution_parameters(self) -> dict:
         """The body of GET /execution-parameters (batch transform asks for it)."""
@@ -172,6 +183,15 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
         variant_name=_read(env, "DAGM_VARIANT_NAME", _name, None, "a SageMaker variant name"),
         drift_publish_s=_read(env, "DAGM_DRIFT_PUBLISH_SECONDS", _bounded_int(1, 3600), 60,
                               "seconds from 1 to 3600"),
+        max_pixels_per_request=_read(env, "DAGM_MAX_PIXELS_PER_REQUEST", _bounded_int(1, 2**31 - 1), 64 * 2**20,
+                                     "an integer from 1 to 2147483647 (pixels)"),
+        max_queued_requests=_read(env, "DAGM_MAX_QUEUED_REQUESTS", _bounded_int(1, 100_000), 256,
+                                  "an integer from 1 to 100000"),
+        max_connections=_read(env, "DAGM_MAX_CONNECTIONS", _bounded_int(1, 100_000), 1024,
+                              "an integer from 1 to 100000"),
+        idle_timeout_s=_read(env, "DAGM_IDLE_TIMEOUT_SECONDS", _bounded_int(1, 3600), 60, "seconds from 1 to 3600"),
+        drain_s=_read(env, "DAGM_DRAIN_SECONDS", _bounded_int(0, 3600), 25, "seconds from 0 to 3600"),
+        decode_threads=max(1, cpus),
     )
 
 

@@ -1,35 +1,49 @@
 """The HTTP server SageMaker talks to, on SAGEMAKER_BIND_TO_PORT (default 8080).
 
-MMS answers its own `/ping` with 200 while workers are still loading (measured: 2.5 s
-after start, with `initialize` still running), so MMS listens on private ports and this
-front owns the contract:
-  GET  /ping                    200, empty body, only once the model is loaded and warm
+  GET  /ping                    200, empty body, once the model is loaded and warm and
+                                while a worker can answer (503 while MMS restarts)
   GET  /execution-parameters    batch transform's settings
-  POST /invocations             batched (batcher.py) and sent to MMS (X-Amzn-SageMaker-Target-Model
-                                names the model in MME mode)
+  POST /invocations             decoded here, batched (batcher.py), one MMS call per batch
+                                (X-Amzn-SageMaker-Target-Model names the model in MME mode)
   /models...                    the multi-model API (models.py), when SAGEMAKER_MULTI_MODEL
-The front never runs the model itself, so /ping stays fast under full load.
+
+Built on aiohttp, a maintained asyncio server and client in one library: an idle or
+half-sent connection costs a socket, not a thread, so /ping answers at once under
+hundreds of them; the client side pools connections to MMS and closes any whose
+exchange failed. What aiohttp leaves out is here: a deadline on reading a body, an
+idle deadline and a cap on open connections (connections.py), a bounded queue
+answered 503 with Retry-After, and draining in-flight requests on shutdown (serve.py).
+
+Each request is decoded and checked here, in a small thread pool, before it can join a
+batch (codec.py): a bad request gets its own 4xx and never reaches a worker, so its
+neighbours cannot fail with it. The worker receives plain resized uint8 arrays
+(wire.py). A 5xx always means the server is at fault.
 """
 
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
 import logging
-import re
-import socket
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from dagm_serve import envelope
-from dagm_serve.batcher import Batcher
-from dagm_serve.codec import count_images
-from dagm_serve.envelope import Part
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+from dagm_defects.imaging import resize_square
+from dagm_serve import wire
+from dagm_serve.batcher import Batcher, Closed, Outputs, QueueFull
+from dagm_serve.codec import RequestError, check_answerable, decode_request, encode_response, negotiate
+from dagm_serve.connections import ConnectionGuard
 from dagm_serve.environment import ServingSettings
 from dagm_serve.model_server import ModelServerError, error_message
-from dagm_serve.models import ModelRegistry, RegistryError
+from dagm_serve.models import LoadedModel, ModelRegistry, RegistryError
 from dagm_serve.options import HEADER as ATTRIBUTES_HEADER
+from dagm_serve.options import RequestOptions, parse_options
+from dagm_serve.prediction import Prediction
+from dagm_serve.supervisor import POLL_S, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -38,237 +52,224 @@ TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
 # Which forward pass answered, and how many images it had: equal ids, one pass.
 FORWARD_HEADER = "X-Dagm-Forward-Id"
 BATCH_HEADER = "X-Dagm-Batch-Images"
-# A body this much over the limit is not drained: the connection is closed instead.
-DRAIN_LIMIT = 128 * 1024 * 1024
-MODEL_PATH = re.compile(r"^/models/([^/]+)(/invoke)?$")
+RETRY_AFTER_S = 1
+MANAGEMENT_BODY_LIMIT = 1024 * 1024
 
 
-class FrontServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def _json(document, status: int = HTTPStatus.OK, headers: dict | None = None) -> web.Response:
+    return web.Response(body=json.dumps(document).encode(), status=int(status), headers=headers,
+                        content_type="application/json")
 
-    def __init__(self, settings: ServingSettings, registry: ModelRegistry, inference_port: int):
+
+def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
+    return _json({"error": message}, status, headers)
+
+
+class Front:
+    def __init__(self, settings: ServingSettings, registry: ModelRegistry, supervisor: Supervisor):
         self.settings = settings
         self.registry = registry
-        self.inference_port = inference_port
-        self.ready = threading.Event()
-        self.local = threading.local()
+        self.supervisor = supervisor
+        self.ready = False  # the first load finished
+        self.guard = ConnectionGuard(settings.max_connections, settings.idle_timeout_s)
+        self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._batchers: dict[str, Batcher] = {}
-        self._batchers_lock = threading.Lock()
-        super().__init__(("0.0.0.0", settings.port), FrontHandler)
+        self._session: aiohttp.ClientSession | None = None
+        self.app = web.Application(client_max_size=settings.max_payload_bytes,
+                                   middlewares=[self.guard.middleware, self._json_errors])
+        self.app.add_routes([
+            web.get("/ping", self.ping),
+            web.get("/execution-parameters", self.execution_parameters),
+            web.post("/invocations", self.invocations),
+            web.get("/models", self.list_models),
+            web.post("/models", self.load_model),
+            web.get("/models/{name}", self.describe_model),
+            web.delete("/models/{name}", self.unload_model),
+            web.post("/models/{name}/invoke", self.invoke_model),
+        ])
+        self.app.on_startup.append(self._start)
+        self.app.on_cleanup.append(self._stop)
 
-    def batcher(self, name: str) -> Batcher:
-        with self._batchers_lock:
-            if name not in self._batchers:
-                self._batchers[name] = Batcher(
-                    lambda parts: self._predict(name, parts), self.settings.server_batch_size,
-                    self.settings.server_batch_delay_ms / 1000, self.settings.workers, _failure,
-                )
-            return self._batchers[name]
+    async def _start(self, _app) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.settings.response_timeout_s + 5)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+        self.guard.start()
 
-    def unload(self, name: str) -> dict:
-        answer = self.registry.unload(name)
-        with self._batchers_lock:
-            batcher = self._batchers.pop(name, None)
-        if batcher is not None:
-            batcher.close()
-        return answer
+    async def _stop(self, _app) -> None:
+        """After the in-flight requests were answered (aiohttp drains them first)."""
+        for batcher in list(self._batchers.values()):
+            await batcher.close()
+        await self.guard.stop()
+        if self._session is not None:
+            await self._session.close()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
-    def _predict(self, name: str, parts: list[Part]) -> list[Part]:
-        """One MMS call for a batch of client requests."""
-        body, headers = envelope.pack(parts), {"Content-Type": envelope.CONTENT_TYPE}
+    @web.middleware
+    async def _json_errors(self, request: web.Request, handler) -> web.StreamResponse:
+        """Every refusal as a JSON {"error": ...} body with its own status."""
         try:
-            response = self._exchange(self.mms_connection(), name, body, headers)
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-            # MMS closed this thread's idle keep-alive connection: one retry on a fresh one.
-            response = self._exchange(self.mms_connection(fresh=True), name, body, headers)
-        reply = response.read()
-        if response.status != HTTPStatus.OK:
-            raise ModelServerError(response.status, error_message(reply))
-        return envelope.unpack(reply)
-
-    @staticmethod
-    def _exchange(connection, name: str, body: bytes, headers: dict) -> http.client.HTTPResponse:
-        connection.request("POST", f"/predictions/{name}", body=body, headers=headers)
-        return connection.getresponse()
-
-    def mms_connection(self, fresh: bool = False) -> http.client.HTTPConnection:
-        """This thread's keep-alive connection to MMS's inference port."""
-        connection = getattr(self.local, "connection", None)
-        if connection is None or fresh:
-            if connection is not None:
-                connection.close()
-            connection = http.client.HTTPConnection(
-                "127.0.0.1", self.inference_port, timeout=self.settings.response_timeout_s + 5
-            )
-            connection.connect()
-            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.local.connection = connection
-        return connection
-
-
-class FrontHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: FrontServer
-    server_version = "dagm-serve"
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body leave in separate writes: without TCP_NODELAY, Nagle's algorithm
-        # holds the body until the client's delayed ACK, about 40 ms per answer (measured).
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
-        log.debug("%s " + format, self.address_string(), *args)
-
-    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json",
-              headers: dict | None = None) -> None:
-        self.send_response(status)
-        if body:
-            self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
-
-    def _json(self, status: int, document) -> None:
-        self._send(status, json.dumps(document).encode())
-
-    def _error(self, status: HTTPStatus | int, message: str) -> None:
-        self._json(int(status), {"error": message})
-
-    def _read_body(self, limit: int) -> bytes | None:
-        """The request body, or None after answering 411/413 (the body is drained, or
-        the connection closed, so the next request on it is not misparsed)."""
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            self.close_connection = True
-            self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-            return None
-        try:
-            length = int(length_header)
-            if length < 0:
-                raise ValueError(length_header)
-        except ValueError:
-            self.close_connection = True
-            self._error(HTTPStatus.BAD_REQUEST, f"Content-Length {length_header!r} is not a byte count")
-            return None
-        if length > limit:
-            if length <= DRAIN_LIMIT:
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-            else:
-                self.close_connection = True
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        f"payload of {length} bytes is over the {self.server.settings.max_payload_mb} MB limit "
-                        f"(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
-            return None
-        return self.rfile.read(length) if length else b""
+            return await handler(request)
+        except RequestError as error:
+            return _error(error.status, error.message)
+        except web.HTTPRequestEntityTooLarge as exc:
+            return _error(exc.status, f"payload is over the {self.settings.max_payload_mb} MB limit "
+                                      "(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+        except web.HTTPException as exc:
+            if exc.status == HTTPStatus.METHOD_NOT_ALLOWED:
+                return _error(exc.status, f"{request.method} {request.path} is not supported")
+            if exc.status == HTTPStatus.NOT_FOUND:
+                return _error(exc.status, f"no such resource: {request.path}")
+            return _error(exc.status, exc.reason)
+        except json.JSONDecodeError as exc:
+            return _error(HTTPStatus.BAD_REQUEST, f"body is not valid JSON ({exc})")
 
     # GET ---------------------------------------------------------------------------
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/ping":
-            if self.server.ready.is_set():
-                self._send(HTTPStatus.OK)
-            else:
-                self._error(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading")
-        elif path == "/execution-parameters":
-            self._json(HTTPStatus.OK, self.server.settings.execution_parameters())
-        elif path == "/models" and self._multi_model():
-            self._json(HTTPStatus.OK, {"models": self.server.registry.list()})
-        elif (match := MODEL_PATH.match(path)) and not match.group(2) and self._multi_model():
-            self._registry_call(lambda: self.server.registry.describe(match.group(1)))
-        else:
-            self._not_found(path)
+    async def ping(self, _request: web.Request) -> web.Response:
+        if not self.ready:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading")
+        if not self.supervisor.available.is_set():
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the model workers are restarting")
+        return web.Response(status=HTTPStatus.OK)
 
-    # POST --------------------------------------------------------------------------
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/invocations":
-            self._invocations()
-        elif path == "/models" and self._multi_model():
-            body = self._read_body(1024 * 1024)
-            if body is not None:
-                self._registry_call(lambda: self.server.registry.load_request(body), HTTPStatus.OK)
-        elif (match := MODEL_PATH.match(path)) and match.group(2) and self._multi_model():
-            self._invoke(match.group(1))
-        else:
-            self._not_found(path)
+    async def execution_parameters(self, _request: web.Request) -> web.Response:
+        return _json(self.settings.execution_parameters())
 
-    def do_DELETE(self) -> None:
-        path = self.path.split("?", 1)[0]
-        match = MODEL_PATH.match(path)
-        if match and not match.group(2) and self._multi_model():
-            self._registry_call(lambda: self.server.unload(match.group(1)))
-        else:
-            self._not_found(path)
+    # The multi-model API -----------------------------------------------------------
+    def _multi_model(self) -> None:
+        if not self.settings.multi_model:
+            raise RequestError(HTTPStatus.NOT_FOUND, "the /models API needs SAGEMAKER_MULTI_MODEL=true")
 
-    def do_PUT(self) -> None:
-        self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"PUT {self.path} is not supported")
-
-    # -------------------------------------------------------------------------------
-    def _not_found(self, path: str) -> None:
-        if path in ("/ping", "/execution-parameters", "/invocations", "/models") or MODEL_PATH.match(path):
-            self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} {path} is not supported")
-        else:
-            self._error(HTTPStatus.NOT_FOUND, f"no such resource: {path}")
-
-    def _multi_model(self) -> bool:
-        if self.server.settings.multi_model:
-            return True
-        self._error(HTTPStatus.NOT_FOUND, "the /models API needs SAGEMAKER_MULTI_MODEL=true")
-        return False
-
-    def _registry_call(self, call, status: HTTPStatus = HTTPStatus.OK) -> None:
+    async def _registry_call(self, call, *args) -> web.Response:
+        self._multi_model()
         try:
-            self._json(status, call())
+            return _json(await asyncio.get_running_loop().run_in_executor(None, call, *args))
         except RegistryError as error:
-            self._error(error.status, str(error))
+            return _error(error.status, str(error))
 
-    def _invocations(self) -> None:
-        if self.server.settings.multi_model:
-            target = self.headers.get(TARGET_MODEL_HEADER)
-            if not target:
-                self._read_body(DRAIN_LIMIT)
-                self._error(HTTPStatus.BAD_REQUEST, f"multi-model mode needs the {TARGET_MODEL_HEADER} header")
-                return
-            self._invoke(target)
-        else:
-            self._invoke(SINGLE_MODEL)
+    async def list_models(self, _request: web.Request) -> web.Response:
+        self._multi_model()
+        return _json({"models": self.registry.list()})
 
-    def _invoke(self, name: str) -> None:
-        body = self._read_body(self.server.settings.max_payload_bytes)
-        if body is None:
-            return
-        if not self.server.ready.is_set():
-            self._error(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading")
-            return
-        if self.server.settings.multi_model and not self.server.registry.is_loaded(name):
-            self._error(HTTPStatus.NOT_FOUND, f"model {name!r} is not loaded")
-            return
-        request = Part(body=body, content_type=self.headers.get("Content-Type"),
-                       accept=self.headers.get("Accept"), attributes=self.headers.get(ATTRIBUTES_HEADER))
-        answer = self.server.batcher(name).submit(
-            request, count_images(body, request.content_type), self.server.settings.response_timeout_s + 5
-        )
-        headers = {}
-        if answer.forward_id:
-            headers = {FORWARD_HEADER: answer.forward_id, BATCH_HEADER: str(answer.batch_images)}
-        self._send(answer.status, answer.body, answer.content_type or "application/json", headers)
+    async def describe_model(self, request: web.Request) -> web.Response:
+        return await self._registry_call(self.registry.describe, request.match_info["name"])
+
+    async def load_model(self, request: web.Request) -> web.Response:
+        self._multi_model()
+        if request.content_length is not None and request.content_length > MANAGEMENT_BODY_LIMIT:
+            return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a load request is at most {MANAGEMENT_BODY_LIMIT} bytes")
+        return await self._registry_call(self.registry.load_request, await self._read(request))
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        answer = await self._registry_call(self.registry.unload, name)
+        batcher = self._batchers.pop(name, None) if answer.status == HTTPStatus.OK else None
+        if batcher is not None:
+            await batcher.close()
+        return answer
+
+    # Invocations -------------------------------------------------------------------
+    async def invocations(self, request: web.Request) -> web.Response:
+        if not self.settings.multi_model:
+            return await self._invoke(request, SINGLE_MODEL)
+        target = request.headers.get(TARGET_MODEL_HEADER)
+        if not target:
+            return _error(HTTPStatus.BAD_REQUEST, f"multi-model mode needs the {TARGET_MODEL_HEADER} header")
+        return await self._invoke(request, target)
+
+    async def invoke_model(self, request: web.Request) -> web.Response:
+        self._multi_model()
+        return await self._invoke(request, request.match_info["name"])
+
+    async def _read(self, request: web.Request) -> bytes:
+        """The body, within the idle deadline (a client that stops sending mid-body is
+        answered 408 instead of holding its request open)."""
+        try:
+            return await asyncio.wait_for(request.read(), self.settings.idle_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT,
+                               f"the body did not arrive within {self.settings.idle_timeout_s} s "
+                               "(DAGM_IDLE_TIMEOUT_SECONDS)") from None
+
+    async def _invoke(self, request: web.Request, name: str) -> web.Response:
+        body = await self._read(request)
+        if not self.ready:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading")
+        model = self.registry.get(name)
+        if model is None:
+            return _error(HTTPStatus.NOT_FOUND, f"model {name!r} is not loaded")
+        accept = negotiate(request.headers.get("Accept"))
+        options = parse_options(request.headers.get(ATTRIBUTES_HEADER))
+        loop = asyncio.get_running_loop()
+        images, resized = await loop.run_in_executor(
+            self._decoder, self._decode, body, request.headers.get("Content-Type"), model.image_size)
+        check_answerable(accept, len(images))
+        try:
+            outputs = await self._batcher(name).submit(resized, self.settings.response_timeout_s)
+        except QueueFull as exc:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, f"the server is at capacity ({exc}); retry shortly",
+                          {"Retry-After": str(RETRY_AFTER_S)})
+        except Closed:
+            return _error(HTTPStatus.NOT_FOUND, f"model {name!r} was unloaded")
+        except asyncio.TimeoutError:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE,
+                          f"no answer within {self.settings.response_timeout_s} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)",
+                          {"Retry-After": str(RETRY_AFTER_S)})
+        except ModelServerError as exc:
+            log.error("model server call failed: %s", exc)
+            return _error(exc.status if 500 <= exc.status < 600 else HTTPStatus.INTERNAL_SERVER_ERROR,
+                          f"model server: {exc}")
+        answer = await loop.run_in_executor(self._decoder, _answer, images, outputs, model, options, accept)
+        return web.Response(body=answer, headers={
+            "Content-Type": accept, FORWARD_HEADER: outputs.forward_id, BATCH_HEADER: str(outputs.batch_images)})
+
+    def _decode(self, body: bytes, content_type: str | None, size: int) -> tuple[list[np.ndarray], np.ndarray]:
+        images = decode_request(body, content_type, self.settings.limits())
+        return images, np.stack([resize_square(image, size) for image in images])
+
+    def _batcher(self, name: str) -> Batcher:
+        if name not in self._batchers:
+            s = self.settings
+            self._batchers[name] = Batcher(lambda images: self._send(name, images), s.server_batch_size,
+                                           s.server_batch_delay_ms / 1000, s.workers, s.max_queued_requests)
+        return self._batchers[name]
+
+    async def _send(self, name: str, images: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+        """One MMS call for one batch. A batch that fails because a worker or MMS died is
+        sent once more after the supervisor restarted them: inference has no side effects."""
+        try:
+            return await self._exchange(name, images)
+        except ModelServerError:
+            await asyncio.sleep(2 * POLL_S)
+            if self.supervisor.available.is_set():
+                raise
+            return await self._exchange(name, images)
+
+    async def _exchange(self, name: str, images: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+        await self.supervisor.available.wait()
+        url = f"http://127.0.0.1:{self.registry.server.ports.inference}/predictions/{name}"
+        response = None
+        try:
+            response = await self._session.post(url, data=wire.pack({}, [images]),
+                                                headers={"Content-Type": wire.CONTENT_TYPE})
+            data = await response.read()
+        except BaseException as exc:
+            if response is not None:
+                response.close()  # a connection whose exchange failed is closed, never reused
+            if isinstance(exc, asyncio.TimeoutError):
+                self.supervisor.report_hang(f"a batch got no answer within {self.settings.response_timeout_s + 5} s")
+                raise ModelServerError(HTTPStatus.SERVICE_UNAVAILABLE, "the model worker did not answer in time") from None
+            if isinstance(exc, aiohttp.ClientError):
+                raise ModelServerError(HTTPStatus.SERVICE_UNAVAILABLE, f"connection failed ({exc})") from None
+            raise
+        if response.status != HTTPStatus.OK:
+            raise ModelServerError(response.status, error_message(data))
+        meta, (scores, maps) = wire.unpack(data)
+        return meta["forward_id"], scores, maps
 
 
-def _failure(exc: Exception) -> Part:
-    """The answer every request of a batch gets when the model server call failed."""
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    if isinstance(exc, ModelServerError) and 400 <= exc.status < 600:
-        status = exc.status
-    log.error("model server call failed: %s", exc)
-    return Part(body=json.dumps({"error": f"model server: {exc}"}).encode(),
-                content_type="application/json", status=status)
+def _answer(images: list[np.ndarray], outputs: Outputs, model: LoadedModel, options: RequestOptions,
+            accept: str) -> bytes:
+    threshold = model.threshold if options.threshold is None else options.threshold
+    predictions = [Prediction.from_outputs(score, prob_map, image.shape, threshold)
+                   for image, score, prob_map in zip(images, outputs.scores, outputs.maps)]
+    return encode_response(predictions, accept, options.mask)

@@ -1,25 +1,30 @@
-"""The MMS handler entry point, `dagm_serve.handler:handle`.
+"""The MMS handler entry point, `dagm_serve.handler:handle`, a thin call into service.py.
 
-A function entry point rather than a handler-service class: MMS logs and swallows an
-exception from a class's `initialize`, leaving a worker that looks loaded but answers
-500 forever, whereas an exception from `handle(None, context)` fails the load, and
-`serve` reports it and exits.
+A function entry point rather than the inference toolkit's handler-service class: MMS
+logs and swallows an exception from a class's `initialize`, leaving a worker that looks
+loaded but answers 500 forever, whereas an exception from `handle(None, context)` fails
+the load, and `serve` reports it and exits. The toolkit's `Transformer` is not used
+either: it decodes each request on its own, where here the front sends one batch of
+already decoded images per call.
 """
 
 from __future__ import annotations
 
-from sagemaker_inference.default_handler_service import DefaultHandlerService
+from dagm_serve import environment
+from dagm_serve.service import Service
 
-from dagm_serve.transformer import BatchTransformer
+_service: Service | None = None
 
-_service: DefaultHandlerService | None = None
+
+def _body(item) -> bytes:
+    body = item.get("body", item.get("data")) if isinstance(item, dict) else None
+    return body.encode() if isinstance(body, str) else bytes(body or b"")
 
 
 def handle(data, context):
     global _service
-    if _service is None:
-        _service = DefaultHandlerService(transformer=BatchTransformer())
     if data is None:  # MMS's load call
-        _service.initialize(context)
+        gpu_id = context.system_properties.get("gpu_id")
+        _service = Service.load(context.system_properties["model_dir"], environment.from_env(), gpu_id)
         return None
-    return _service.handle(data, context)
+    return [_service.answer(_body(item)) for item in data]

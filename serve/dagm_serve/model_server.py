@@ -6,6 +6,12 @@ MMS reads its static configuration from `MMS_CONFIG_FILE` (docker/mms.properties
 workers, timeouts, sizes) goes in as `MMS_*` variables. MMS runs in its own process
 group, so stopping it also stops the Python workers it forks, which MMS's own `--stop`
 can leave behind.
+
+MMS 1.1.11 does not recover from a worker process that dies (an out-of-memory kill):
+it retries the dead worker's socket forever and requests hang, then fail, while MMS
+itself looks healthy. So this class remembers the worker processes each load started
+(`workers_lost` says when one is gone) and can `restart` the whole server on fresh
+ports; supervisor.py decides when.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from dagm_serve.environment import ServingSettings
 
 HANDLER = "dagm_serve.handler:handle"
-# MMS's own size limit sits above a full batch, so the front's 413 is the one clients see.
-REQUEST_SIZE_SLACK = 1024 * 1024
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+# MMS reads its size limits into a Java int.
+JAVA_INT_MAX = 2**31 - 1
+WORKER_SCRIPT = "model_service_worker.py"
 # MMS 1.1 refuses ports from 32767 up ("Invalid port number"), i.e. every ephemeral port.
 MMS_PORTS = (20000, 32766)
 
@@ -87,6 +96,7 @@ class ModelServer:
         self.work_dir = work_dir
         self.ports = Ports.pick(settings)
         self.process: subprocess.Popen | None = None
+        self._workers: set[psutil.Process] = set()
 
     def _environment(self) -> dict[str, str]:
         s = self.settings
@@ -97,7 +107,9 @@ class ModelServer:
             "MMS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{self.ports.management}",
             "MMS_DEFAULT_WORKERS_PER_MODEL": str(s.workers),
             "MMS_DEFAULT_RESPONSE_TIMEOUT": str(s.response_timeout_s),
-            "MMS_MAX_REQUEST_SIZE": str(s.server_batch_size * s.max_payload_bytes + REQUEST_SIZE_SLACK),
+            # The front is MMS's only client and bounds every batch it sends (images checked
+            # and resized to the model's input), so MMS's own limit is just kept in range.
+            "MMS_MAX_REQUEST_SIZE": str(JAVA_INT_MAX),
             "MMS_MAX_RESPONSE_SIZE": str(MAX_RESPONSE_BYTES),
             # MMS keeps its pid file in the temp dir: one per server lets several run side by side.
             "TEMP": str(self.work_dir),
@@ -108,6 +120,7 @@ class ModelServer:
         return env
 
     def start(self) -> None:
+        self._workers = set()
         command = [
             sys.executable, "-m", "mms.model_server", "--start", "--foreground",
             "--mms-config", str(self.config_file), "--model-store", "/",
@@ -153,11 +166,46 @@ class ModelServer:
         status, body = self._call("POST", f"/models?{query}", timeout=timeout)
         if status != 200:
             raise ModelServerError(status, f"loading model {name!r} failed: {error_message(body)}")
+        self._workers |= self._worker_processes()
+
+    def _worker_processes(self) -> set[psutil.Process]:
+        """MMS's Python worker processes (each socket listener and the child it forked)."""
+        found = set()
+        try:
+            for process in psutil.Process(self.process.pid).children(recursive=True):
+                try:
+                    if any(WORKER_SCRIPT in part for part in process.cmdline()):
+                        found.add(process)
+                except psutil.Error:
+                    continue
+        except psutil.Error:
+            pass
+        return found
+
+    def workers_lost(self) -> bool:
+        """Whether a worker process that a load started has died since."""
+        for process in self._workers:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.NoSuchProcess:
+                pass
+            return True
+        return False
+
+    def restart(self) -> None:
+        """Stop MMS and every worker, then start it again on fresh ports (a killed server's
+        ports may still be held by a process on its way out)."""
+        self.stop()
+        self.ports = Ports.pick(self.settings)
+        self.start()
+        self.wait_until_up()
 
     def unregister(self, name: str) -> None:
         status, body = self._call("DELETE", f"/models/{urllib.parse.quote(name)}", timeout=120)
         if status != 200:
             raise ModelServerError(status, f"unloading model {name!r} failed: {error_message(body)}")
+        self._workers = {p for p in self._workers if p.is_running()}
 
     def stop(self, grace: float = 10) -> None:
         """TERM the whole process group, then KILL whatever is left after `grace` seconds."""

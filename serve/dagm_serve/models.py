@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
@@ -25,6 +26,16 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Resident memory of one MMS worker with torch imported and a model warmed up on the
 # CPU (measured: about 550 MB RSS); the weights come on top, once per worker.
 WORKER_MEMORY_MB = 560
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What the front needs of a loaded model: where it came from and how to feed it."""
+
+    url: str
+    model_dir: Path
+    image_size: int
+    threshold: float
 
 
 class RegistryError(Exception):
@@ -57,20 +68,20 @@ class ModelRegistry:
         self.server = server
         self.settings = settings
         self.scratch = scratch
-        self._models: dict[str, str] = {}
+        self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
-    def is_loaded(self, name: str) -> bool:
-        return name in self._models
+    def get(self, name: str) -> LoadedModel | None:
+        return self._models.get(name)
 
     def list(self) -> list[dict]:
-        return [{"modelName": n, "modelUrl": u} for n, u in sorted(self._models.copy().items())]
+        return [{"modelName": n, "modelUrl": m.url} for n, m in sorted(self._models.copy().items())]
 
     def describe(self, name: str) -> dict:
-        url = self._models.get(name)
-        if url is None:
+        model = self._models.get(name)
+        if model is None:
             raise RegistryError(HTTPStatus.NOT_FOUND, f"model {name!r} is not loaded")
-        return {"modelName": name, "modelUrl": url}
+        return {"modelName": name, "modelUrl": model.url}
 
     def load_request(self, body: bytes) -> dict:
         try:
@@ -94,33 +105,42 @@ class ModelRegistry:
                 f"reserve (DAGM_MEMORY_RESERVE_MB)",
             )
 
-    def prepare(self, name: str, url: str) -> Path:
-        """The checked artefact directory for `url`: unpacked safely, loadable and answering
-        finite scores, since a clear message here beats an MMS worker that fails to start."""
+    def prepare(self, name: str, url: str) -> LoadedModel:
+        """The checked artefact for `url`: unpacked safely, loadable and answering finite
+        scores, since a clear message here beats an MMS worker that fails to start."""
         if not NAME.match(name):
             raise RegistryError(HTTPStatus.BAD_REQUEST,
                                 f"model name {name!r} must be 1-128 letters, digits, '.', '_' or '-'")
         try:
             model_dir = resolve_model_dir(Path(url), self.scratch / name)
-            check_outputs(load_artifact(model_dir))
+            artifact = load_artifact(model_dir)
+            check_outputs(artifact)
         except ArtifactError as exc:
             raise RegistryError(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        return model_dir
+        return LoadedModel(url, model_dir, artifact.image_size, artifact.threshold)
 
-    def load(self, name: str, url: str, model_dir: Path | None = None) -> dict:
-        """Load `url` as `name` into MMS; `model_dir` is `prepare`'s result when the
-        caller has it already."""
+    def load(self, name: str, url: str, prepared: LoadedModel | None = None) -> dict:
+        """Load `url` as `name` into MMS; `prepared` is `prepare`'s result when the caller
+        has it already."""
         with self._lock:
             if name in self._models:
                 raise RegistryError(HTTPStatus.CONFLICT, f"model {name!r} is already loaded")
-            model_dir = model_dir or self.prepare(name, url)
-            self._check_memory(name, model_dir)
+            model = prepared or self.prepare(name, url)
+            self._check_memory(name, model.model_dir)
             try:
-                self.server.register(name, model_dir)
+                self.server.register(name, model.model_dir)
             except ModelServerError as exc:
                 raise RegistryError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
-            self._models[name] = url
+            self._models[name] = model
         return {"status": f"model {name!r} loaded"}
+
+    def restart_server(self) -> None:
+        """Restart MMS and load every model it had again (supervisor.py: after a worker or
+        MMS itself died)."""
+        with self._lock:
+            self.server.restart()
+            for name, model in self._models.items():
+                self.server.register(name, model.model_dir)
 
     def unload(self, name: str) -> dict:
         with self._lock:

@@ -2,38 +2,38 @@
 
 Order of events: bind the public port (so /ping says 503 rather than nothing), start
 MMS on private ports, check the artefact while MMS boots, load it into MMS and wait for
-every worker to finish its warm-up, then let /ping say 200. A broken artefact or a bad
-setting ends the process with a message and exit code 1 (2 for settings) instead of a
-server answering 500 forever. SIGTERM stops the front, then MMS's whole process group.
+every worker to finish its warm-up, then let /ping say 200 and start the supervisor.
+A broken artefact or a bad setting ends the process with a message and exit code 1 (2
+for settings) instead of a server answering 500 forever. SIGTERM or SIGINT at any
+moment ends it cleanly with exit code 0 and a line saying where it was: during
+start-up at once, while serving after the in-flight requests were answered (at most
+DAGM_DRAIN_SECONDS), then MMS's whole process group is stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from aiohttp import web
+
 from dagm_serve import environment
-from dagm_serve.front import SINGLE_MODEL, FrontServer
+from dagm_serve.front import SINGLE_MODEL, Front
 from dagm_serve.model_server import ModelServer, ModelServerError
 from dagm_serve.models import ModelRegistry, RegistryError
+from dagm_serve.supervisor import Supervisor
 
 log = logging.getLogger("dagm_serve")
 
 
-class Stopping(Exception):
-    """Raised in the main thread by SIGTERM/SIGINT, wherever start-up is."""
-
-
-def _on_signal(signum, _frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Stopping(signal.Signals(signum).name)
+class Failed(Exception):
+    """Start-up cannot go on; the message says why."""
 
 
 def _fail(message: str, code: int) -> int:
@@ -43,51 +43,81 @@ def _fail(message: str, code: int) -> int:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s")
-    started = time.monotonic()
     try:
         settings = environment.from_env()
         config_file, log_config = environment.mms_files()
     except environment.SettingsError as exc:
         return _fail(str(exc), 2)
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     work_dir = Path(tempfile.mkdtemp(prefix="dagm-serve-"))
     server = ModelServer(settings, config_file, log_config, work_dir)
-    registry = ModelRegistry(server, settings, work_dir / "models")
-    front = front_thread = None
     try:
-        try:
-            front = FrontServer(settings, registry, server.ports.inference)
-        except OSError as exc:
-            return _fail(f"cannot listen on port {settings.port}: {exc}", 1)
-        front_thread = threading.Thread(target=front.serve_forever, name="front", daemon=True)
-        front_thread.start()
-        model_dir = None if settings.multi_model else registry.prepare(SINGLE_MODEL, str(settings.model_dir))
-        server.start()
-        server.wait_until_up()
-        if model_dir is not None:
-            registry.load(SINGLE_MODEL, str(settings.model_dir), model_dir)
-        front.ready.set()
-        mode = "multi-model" if settings.multi_model else f"model from {settings.model_dir}"
-        log.info("ready in %.1f s: port %d, %s, %d worker(s), batches of up to %d (%d ms delay)",
-                 time.monotonic() - started, settings.port, mode, settings.workers,
-                 settings.server_batch_size, settings.server_batch_delay_ms)
-        code = server.process.wait()
-        return _fail(f"multi-model-server exited unexpectedly (code {code})", 1)
-    except Stopping as stop:
-        log.info("%s received: stopping", stop)
-        return 0
-    except (ModelServerError, RegistryError) as exc:
+        return asyncio.run(_serve(settings, server, work_dir))
+    except Failed as exc:
         return _fail(str(exc), 1)
     finally:
-        if front_thread is not None:
-            front.shutdown()
-        if front is not None:
-            front.server_close()
         server.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+async def _start_models(settings: environment.ServingSettings, server: ModelServer, registry: ModelRegistry) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, server.start)
+    prepared = None
+    if not settings.multi_model:  # checked while MMS boots
+        prepared = await loop.run_in_executor(None, registry.prepare, SINGLE_MODEL, str(settings.model_dir))
+    await loop.run_in_executor(None, server.wait_until_up)
+    if prepared is not None:
+        await loop.run_in_executor(None, registry.load, SINGLE_MODEL, str(settings.model_dir), prepared)
+
+
+async def _serve(settings: environment.ServingSettings, server: ModelServer, work_dir: Path) -> int:
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    stop, received = asyncio.Event(), []
+
+    def on_signal(signum: int) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    registry = ModelRegistry(server, settings, work_dir / "models")
+    supervisor = Supervisor(registry)
+    front = Front(settings, registry, supervisor)
+    runner = web.AppRunner(front.app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_s,
+                           keepalive_timeout=settings.idle_timeout_s)
+    await runner.setup()
+    front.guard.server = runner.server
+    try:
+        await web.TCPSite(runner, "0.0.0.0", settings.port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise Failed(f"cannot listen on port {settings.port}: {exc}") from None
+    watching = None
+    try:
+        startup = loop.create_task(_start_models(settings, server, registry))
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait([startup, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            startup.cancel()
+            log.info("%s received during start-up: stopped", received[0])
+            return 0
+        stopping.cancel()
+        try:
+            startup.result()
+        except (ModelServerError, RegistryError) as exc:
+            raise Failed(str(exc)) from None
+        front.ready = True
+        watching = loop.create_task(supervisor.run())
+        mode = "multi-model" if settings.multi_model else f"model from {settings.model_dir}"
+        log.info("ready in %.1f s: port %d, %s, %d worker(s), batches of up to %d (%d ms delay)",
+                 time.monotonic() - started, settings.port, mode, settings.workers,
+                 settings.server_batch_size, settings.server_batch_delay_ms)
+        await stop.wait()
+        log.info("%s received: answering %d in-flight request(s) (at most %d s), then stopping",
+                 received[0], front.guard.in_flight, settings.drain_s)
+        return 0
+    finally:
+        if watching is not None:
+            watching.cancel()
+        await runner.cleanup()
