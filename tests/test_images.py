@@ -121,6 +121,8 @@ def test_dockerfile_structure(kind):
         assert parser.envs["MMS_CONFIG_FILE"] == "/opt/dagm/docker/mms.properties"
         assert (REPO / "docker" / "mms.properties").is_file()
         assert "EXPOSE 8080" in final_text
+        users = [r["value"] for r in final if r["instruction"] == "USER"]
+        assert users and users[-1].split(":")[0] not in ("0", "root"), "the serving container must not run as root"
 
 
 def test_local_test_scripts_run_the_images_entry_commands():

@@ -91,7 +91,7 @@ class Front:
         self.app.on_cleanup.append(self._stop)
 
     async def _start(self, _app) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.settings.response_timeout_s + 5)
+        timeout = aiohttp.ClientTimeout(total=self.settings.response_timeout_s)
         self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
         self.guard.start()
 
@@ -256,7 +256,7 @@ class Front:
             if response is not None:
                 response.close()  # a connection whose exchange failed is closed, never reused
             if isinstance(exc, asyncio.TimeoutError):
-                self.supervisor.report_hang(f"a batch got no answer within {self.settings.response_timeout_s + 5} s")
+                self.supervisor.report_hang(f"a batch got no answer within {self.settings.response_timeout_s} s")
                 raise ModelServerError(HTTPStatus.SERVICE_UNAVAILABLE, "the model worker did not answer in time") from None
             if isinstance(exc, aiohttp.ClientError):
                 raise ModelServerError(HTTPStatus.SERVICE_UNAVAILABLE, f"connection failed ({exc})") from None

@@ -195,8 +195,9 @@ class ModelServer:
 
     def restart(self) -> None:
         """Stop MMS and every worker, then start it again on fresh ports (a killed server's
-        ports may still be held by a process on its way out)."""
-        self.stop()
+        ports may still be held by a process on its way out). A short grace: what is
+        being replaced is broken already."""
+        self.stop(grace=2)
         self.ports = Ports.pick(self.settings)
         self.start()
         self.wait_until_up()
