@@ -1,26 +1,37 @@
-"""The real `serve` process over HTTP vs the same model called in-process, side by side.
+"""The real `serve` process over HTTP vs the same work done in-process, side by side.
 
 Starts local_test/serve_local.sh (the image's entry command, .venv path) on an artefact
-with the default architecture, then measures on the same 512x512 PNGs:
+with the default architecture (ModelConfig(), 512x512), then measures on the same
+512x512 PNGs, each served figure right after its in-process counterpart:
   cold start         process start -> first 200 on /ping (model loaded and warmed up)
-  throughput         concurrent clients posting batched (16-image x-npy and JSON-of-PNG)
-                     and single-PNG requests, vs the in-process path on the same inputs
-                     (decode + one forward pass + encode: BatchTransformer.answer; the
-                     single PNGs as one batch of 16) and the bare forward
-  latency            sequential single-image requests, p50/p99, vs the bare forward pass
-  drift watch        Predictor.predict on 16 images with the input statistics kept for
-                     drift detection (serve/dagm_serve/drift.py) vs without
-Prints JSON. Usage: python bench/serving.py [--seconds 8] [--clients 4] [--model-dir DIR]
+  throughput         images/s of concurrent clients posting single PNGs (4 x --clients
+                     at a time), 16-image x-npy bodies and JSON bodies of 16 base64 PNGs,
+                     vs the in-process path on the same bodies: the front's own work
+                     minus HTTP, MMS and the wire, i.e. codec.decode_request (default
+                     ServingSettings limits, environment.from_env()) + resize_square +
+                     one Predictor.forward per 16 images + Prediction.from_outputs +
+                     encode_response; `served_over_in_process` is served / in-process
+                     (issue 14's target: >= 0.95)
+  latency            sequential single-PNG requests over HTTP, p50/p99, vs the same
+                     single-image path in-process (a forward pass of one image);
+                     `added_p50_ms` is served p50 - in-process p50 (target: <= 1 ms)
+  drift watch        the worker's Service.answer on a batch of 16 with
+                     InputWatch.observe(images, scores >= threshold) (drift.py) vs
+                     without, as a throughput ratio, and observe's own cost per batch
+Every server started is stopped, on error and on SIGTERM too. Prints JSON.
+Usage: python bench/serving.py [--seconds 8] [--clients 4] [--latency-requests 200] [--model-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -32,21 +43,28 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
-from PIL import Image
 
-from dagm_defects.artifact import load_artifact, save_artifact
+from dagm_defects.artifact import save_artifact
 from dagm_defects.data.synthetic import generate_dataset
-from dagm_defects.imaging import image_statistics, summarize_statistics
+from dagm_defects.imaging import image_statistics, resize_square, summarize_statistics
 from dagm_defects.model import ModelConfig, build_model
+from dagm_serve import environment, wire
+from dagm_serve.codec import JSON, NPY, PNG, decode_request, encode_response
 from dagm_serve.drift import InputWatch
-from dagm_serve.envelope import Part
-from dagm_serve.transformer import BatchTransformer
+from dagm_serve.prediction import Prediction
+from dagm_serve.predictor import Predictor
+from dagm_serve.service import Service, select_device
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 16
+TARGET_RATIO = 0.95
+TARGET_ADDED_P50_MS = 1.0
+READY_TIMEOUT_S = 180
 
 
+# The server ------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -62,59 +80,134 @@ def post(connection: http.client.HTTPConnection, body: bytes, content_type: str)
     return data
 
 
-def start_server(model_dir: Path, port: int) -> tuple[subprocess.Popen, float]:
-    """The serve process and its cold start: seconds from spawn to the first 200 on /ping."""
-    env = {**os.environ, "NO_DOCKER": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    started = time.perf_counter()
-    process = subprocess.Popen([str(REPO / "local_test" / "serve_local.sh"), str(model_dir), str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                               start_new_session=True)
-    while time.perf_counter() - started < 120:
+def pinged(port: int) -> bool:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", "/ping")
-            if connection.getresponse().status == 200:
-                return process, time.perf_counter() - started
-        except OSError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"serve exited with {process.returncode}")
-        time.sleep(0.02)
-    raise RuntimeError("serve did not become ready")
+            return connection.getresponse().status == 200
+        finally:
+            connection.close()
+    except OSError:
+        return False
+
+
+def log_tail(log: Path, lines: int = 20) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+@contextlib.contextmanager
+def serving(model_dir: Path, port: int, log: Path):
+    """The serve process, yielding its cold start: seconds from spawn to the first 200 on
+    /ping. Stopped on leaving, whatever happened."""
+    env = {**os.environ, "NO_DOCKER": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    with log.open("wb") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen([str(REPO / "local_test" / "serve_local.sh"), str(model_dir), str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        while not pinged(port):
+            if process.poll() is not None:
+                raise RuntimeError(f"serve exited with {process.returncode}")
+            if time.perf_counter() - started > READY_TIMEOUT_S:
+                raise RuntimeError(f"serve was not ready within {READY_TIMEOUT_S} s")
+            time.sleep(0.02)
+        yield time.perf_counter() - started
+    except BaseException:  # what serve said may tell why
+        print(f"serve's log, last lines:\n{log_tail(log)}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        stop_server(process)
+        # serve_local.sh's /opt/ml for this port (a link to the model directory)
+        shutil.rmtree(Path(os.environ.get("TMPDIR") or "/tmp") / f"dagm-serve-local-{port}", ignore_errors=True)
 
 
 def stop_server(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
+    """SIGTERM (serve drains, then stops MMS's own process group); anything of its
+    process tree still alive after 30 s is killed."""
+    try:
+        tree = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
     try:
         process.wait(30)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
-def served_rate(port: int, body: bytes, content_type: str, images: int, clients: int, seconds: float) -> float:
+def served_rate(port: int, bodies: list[bytes], content_type: str, images: int, clients: int,
+                seconds: float) -> float:
+    """Images/s answered to `clients` connections, client i posting bodies[i % len(bodies)]."""
     counts = [0] * clients
+    errors: list[BaseException] = []
     deadline = time.perf_counter() + seconds
 
     def client(i: int) -> None:
+        body = bodies[i % len(bodies)]
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        post(connection, body, content_type)
-        while time.perf_counter() < deadline:
+        try:
             post(connection, body, content_type)
-            counts[i] += images
+            while time.perf_counter() < deadline:
+                post(connection, body, content_type)
+                counts[i] += images
+        except BaseException as exc:  # reported by the caller, not lost in a thread
+            errors.append(exc)
+        finally:
+            connection.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise RuntimeError(f"a client failed: {errors[0]}")
     return sum(counts) / (time.perf_counter() - started)
+
+
+# In-process ------------------------------------------------------------------------
+class InProcess:
+    """What the server does for a batch of requests, minus HTTP, MMS and the wire: the
+    front's decode and resize (front.Front._decode), the worker's forward pass, the
+    front's answer (front._answer) with no custom attributes and Accept JSON."""
+
+    def __init__(self, model_dir: Path, settings: environment.ServingSettings):
+        self.limits = settings.limits()
+        self.predictor = Predictor.load(model_dir, select_device(settings, None))
+        self.predictor.warm_up(settings.server_batch_size)
+
+    def decode(self, body: bytes, content_type: str) -> tuple[list[np.ndarray], np.ndarray]:
+        images = decode_request(body, content_type, self.limits)
+        return images, np.stack([resize_square(image, self.predictor.image_size) for image in images])
+
+    def answer(self, requests: list[tuple[bytes, str]]) -> list[bytes]:
+        """The answers to `requests` (body, content type), batched into one forward pass."""
+        decoded = [self.decode(body, content_type) for body, content_type in requests]
+        batch = np.concatenate([resized for _, resized in decoded]) if len(decoded) > 1 else decoded[0][1]
+        scores, maps = self.predictor.forward(batch)
+        answers, start = [], 0
+        for images, _ in decoded:
+            end = start + len(images)
+            predictions = [Prediction.from_outputs(score, prob_map, image.shape, self.predictor.threshold)
+                           for image, score, prob_map in zip(images, scores[start:end], maps[start:end])]
+            answers.append(encode_response(predictions, JSON, False))
+            start = end
+        return answers
 
 
 def local_rate(step, images: int, seconds: float) -> float:
     step()
     count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or count < 3:
+    while time.perf_counter() - started < seconds or count < 3 * images:
         step()
         count += images
     return count / (time.perf_counter() - started)
@@ -141,87 +234,109 @@ def npy(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def max_score_difference(served: bytes, in_process: bytes) -> float:
+    """How far the served scores are from the in-process ones for the same body."""
+    pairs = zip(json.loads(served)["predictions"], json.loads(in_process)["predictions"], strict=True)
+    return max(abs(a["score"] - b["score"]) for a, b in pairs)
+
+
+# Measurements ----------------------------------------------------------------------
+def throughput(port: int, local: InProcess, cases: dict, seconds: float) -> dict:
+    """Per case (bodies, content type, images per body, concurrent clients): in-process
+    then served images/s, back to back."""
+    rates = {"in_process": {}, "served": {}}
+    for name, (bodies, content_type, images, concurrency) in cases.items():
+        requests = [(body, content_type) for body in bodies]
+        rates["in_process"][name] = local_rate(lambda: local.answer(requests), images * len(bodies), seconds)
+        rates["served"][name] = served_rate(port, bodies, content_type, images, concurrency, seconds)
+    return rates
+
+
+def drift_watch(predictor: Predictor, resized: np.ndarray, seconds: float) -> dict:
+    """The worker's answer to one batch of 16 with and without the input watch. Observe
+    only (nothing is published); the images' own statistics stand in for training's."""
+    own = summarize_statistics(image_statistics(resized))
+    watch = InputWatch({"overall": own}, "bench", "bench", 3600, cloudwatch=None)
+    body = wire.pack({}, [resized])
+    plain, watching = Service(predictor, None), Service(predictor, watch)
+    unwatched = local_rate(lambda: plain.answer(body), len(resized), seconds)
+    watched = local_rate(lambda: watching.answer(body), len(resized), seconds)
+    defective = predictor.forward(resized)[0] >= predictor.threshold
+    observe = latencies_ms(lambda: watch.observe(resized, defective), 50)
+    return {"throughput_ratio": round(watched / unwatched, 3),
+            f"observe_ms_per_batch_of_{len(resized)}": summary(observe)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput figure")
+    parser.add_argument("--clients", type=int, default=4, help="for batched bodies; 4x for single PNGs")
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--model-dir", type=Path, help="an artefact; default: an untrained default model")
     args = parser.parse_args()
+    # A TERM ends the run through the finally clauses, which stop the server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    try:
+        results = run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
     model_dir = args.model_dir
     if model_dir is None:
         torch.manual_seed(0)
         model_dir = save_artifact(work / "model", build_model(ModelConfig()), 0.5, [1], {})
     generate_dataset(work / "data", classes=[1], images_per_split=BATCH, size=512, seed=0, workers=1)
     pngs = [p.read_bytes() for p in sorted((work / "data" / "Class1" / "Test").glob("*.PNG"))][:BATCH]
-    arrays = np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in pngs])
-    json_body = json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in pngs]}).encode()
-
-    # In-process: the worker's own code path (decode + forward + encode) and the bare forward.
+    # Both sides on the CPU unless told otherwise; the server inherits this environment.
     os.environ.setdefault("DAGM_DEVICE", "cpu")
-    transformer = BatchTransformer()
-    transformer.validate_and_initialize(model_dir=str(model_dir))
-    predictor = transformer.predictor
-    parts_png = [Part(body=b, content_type="image/png") for b in pngs]
-    size = load_artifact(model_dir).image_size
-    resized = [np.asarray(Image.fromarray(a).resize((size, size))) for a in arrays]
-    results: dict = {"model": ModelConfig.from_dict(json.loads((model_dir / "model.json").read_text())["model_config"]).to_dict(),
-                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "clients": args.clients}
-    npy_body = npy(arrays)
-    bare_batch = local_rate(lambda: predictor.forward(resized), BATCH, args.seconds)
-    in_process = {
-        "png_16_requests": local_rate(lambda: transformer.answer(parts_png), BATCH, args.seconds),
-        "npy_16_per_request": local_rate(lambda: transformer.answer([Part(npy_body, "application/x-npy")]),
-                                         BATCH, args.seconds),
-        "json_png_16_per_request": local_rate(lambda: transformer.answer([Part(json_body, "application/json")]),
-                                              BATCH, args.seconds),
-    }
-    # Observe only (nothing is published); the images' own statistics stand in for training's.
-    own = summarize_statistics(image_statistics(np.stack(resized)))
-    watch = InputWatch({"overall": own}, "bench", "bench", 3600, cloudwatch=None)
-    unwatched = local_rate(lambda: predictor.predict(list(arrays), [None] * BATCH), BATCH, args.seconds)
-    watched = local_rate(lambda: predictor.predict(list(arrays), [None] * BATCH, watch.observe), BATCH, args.seconds)
-    bare_single = latencies_ms(lambda: predictor.forward(resized[:1]), args.latency_requests)
-    in_process_single = latencies_ms(lambda: transformer.answer(parts_png[:1]), args.latency_requests)
+    settings = environment.from_env()
 
     port = free_port()
-    process, cold_start = start_server(model_dir, port)
-    try:
-        served = {
-            "png_16_requests": served_rate(port, pngs[0], "image/png", 1, args.clients * 4, args.seconds),
-            "npy_16_per_request": served_rate(port, npy_body, "application/x-npy", BATCH, args.clients, args.seconds),
-            "json_png_16_per_request": served_rate(port, json_body, "application/json", BATCH, args.clients,
-                                                   args.seconds),
-        }
+    with serving(model_dir, port, work / "serve.log") as cold_start:
+        local = InProcess(model_dir, settings)
+        arrays = np.stack([images[0] for images, _ in (local.decode(b, PNG) for b in pngs)])
+        npy_body = npy(arrays)
+        json_body = json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in pngs]}).encode()
+        rates = throughput(port, local, {
+            "png_single": (pngs, PNG, 1, 4 * args.clients),
+            "npy_16": ([npy_body], NPY, BATCH, args.clients),
+            "json_png_16": ([json_body], JSON, BATCH, args.clients),
+        }, args.seconds)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        http_single_png = latencies_ms(lambda: post(connection, pngs[0], "image/png"), args.latency_requests)
-        http_single_npy = latencies_ms(lambda: post(connection, npy(arrays[0]), "application/x-npy"),
-                                       args.latency_requests)
-    finally:
-        stop_server(process)
+        score_difference = max_score_difference(post(connection, npy_body, NPY), local.answer([(npy_body, NPY)])[0])
+        in_process_single = latencies_ms(lambda: local.answer([(pngs[0], PNG)]), args.latency_requests)
+        served_single = latencies_ms(lambda: post(connection, pngs[0], PNG), args.latency_requests)
+        connection.close()
+    resized = np.stack([local.decode(b, PNG)[1][0] for b in pngs])
+    watch = drift_watch(local.predictor, resized, args.seconds)
 
-    results.update({
+    ratios = {k: round(rates["served"][k] / rates["in_process"][k], 3) for k in rates["served"]}
+    added_p50 = round(statistics.median(served_single) - statistics.median(in_process_single), 2)
+    return {
+        "model": json.loads((Path(model_dir) / "model.json").read_text())["model_config"],
+        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "workers": settings.workers,
+        "server_batch_size": settings.server_batch_size, "clients": args.clients, "seconds": args.seconds,
         "cold_start_s": round(cold_start, 2),
-        "images_per_s": {
-            "bare_forward_batch16_at_model_size": round(bare_batch, 1),
-            "in_process": {k: round(v, 1) for k, v in in_process.items()},
-            "served": {k: round(v, 1) for k, v in served.items()},
+        "images_per_s": {side: {k: round(v, 1) for k, v in by_case.items()} for side, by_case in rates.items()},
+        "served_over_in_process": ratios,
+        "latency_ms_single_png": {
+            "in_process": summary(in_process_single),
+            "served": summary(served_single),
+            "added_p50_ms": added_p50,
         },
-        "drift_watch_throughput_ratio": round(watched / unwatched, 3),
-        # Served over HTTP vs the worker's own code on the same inputs in this process.
-        "ratios_served_vs_in_process": {k: round(served[k] / in_process[k], 3) for k in served},
-        "latency_ms_single_image": {
-            "bare_forward": summary(bare_single),
-            "in_process_png": summary(in_process_single),
-            "http_png": summary(http_single_png),
-            "http_npy": summary(http_single_npy),
-            "added_p50_http_npy_over_bare_forward": round(statistics.median(http_single_npy) - statistics.median(bare_single), 2),
-            "added_p50_http_png_over_in_process_png": round(statistics.median(http_single_png) - statistics.median(in_process_single), 2),
+        "max_score_difference_npy_16": score_difference,
+        "drift_watch": watch,
+        "targets_met": {
+            f"png_single_ratio_ge_{TARGET_RATIO}": ratios["png_single"] >= TARGET_RATIO,
+            f"npy_16_ratio_ge_{TARGET_RATIO}": ratios["npy_16"] >= TARGET_RATIO,
+            f"added_p50_ms_le_{TARGET_ADDED_P50_MS}": added_p50 <= TARGET_ADDED_P50_MS,
         },
-    })
-    print(json.dumps(results, indent=2))
+    }
 
 
 if __name__ == "__main__":

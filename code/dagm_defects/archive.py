@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from dagm_defects.artifact import WEIGHTS_FILE, ArtifactError
+from dagm_defects.model_files import WEIGHTS_FILE, ArtifactError
 
 ARCHIVE_NAME = "model.tar.gz"
 

@@ -16,14 +16,10 @@ from pathlib import Path
 import torch
 
 from dagm_defects.model import ModelConfig, SegDecNet, build_model
+from dagm_defects.model_files import FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE, ArtifactError
 
-WEIGHTS_FILE = "model.pt"
-METADATA_FILE = "model.json"
-FORMAT_VERSION = 1
-
-
-class ArtifactError(RuntimeError):
-    """A model directory that cannot be served; the message says what is wrong."""
+__all__ = ["Artifact", "ArtifactError", "FORMAT_VERSION", "METADATA_FILE", "WEIGHTS_FILE", "load_artifact",
+           "save_artifact"]
 
 
 @dataclass

@@ -9,6 +9,7 @@ workers parse the same environment with the same function.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from dataclasses import dataclass
@@ -130,10 +131,15 @@ def _port_range(raw: str) -> tuple[int, int]:
     return low_port, high_port
 
 
-def _gpu_count() -> int:
-    import torch  # only when the default depends on it: the front process never needs torch
-
-    return torch.cuda.device_count()
+def gpu_count(env: Mapping[str, str]) -> int:
+    """NVIDIA GPUs this container sees, read from the driver's /proc entries rather than
+    torch, which the front process does not import (importing it costs a second of cold
+    start); CUDA_VISIBLE_DEVICES narrows them as it does for torch."""
+    found = len(glob.glob("/proc/driver/nvidia/gpus/*"))
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and found:
+        found = min(found, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
+    return found
 
 
 def default_workers(gpus: int) -> int:
@@ -145,7 +151,7 @@ def default_workers(gpus: int) -> int:
 def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> ServingSettings:
     env = os.environ if env is None else env
     cpus = os.cpu_count() or 1
-    gpus = _gpu_count() if gpus is None else gpus
+    gpus = gpu_count(env) if gpus is None else gpus
     workers = _read(env, "SAGEMAKER_MODEL_SERVER_WORKERS", _bounded_int(1, 256),
                     default_workers(gpus), "an integer from 1 to 256")
     batch_transform = _read(env, "SAGEMAKER_BATCH", _bool, False, "true or false")

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
-from dagm_defects.artifact import WEIGHTS_FILE, ArtifactError, load_artifact
+from dagm_defects.model_files import WEIGHTS_FILE, ArtifactError
 from dagm_defects.archive import resolve_model_dir
 from dagm_serve.environment import ServingSettings
 from dagm_serve.model_server import ModelServer, ModelServerError
-from dagm_serve.predictor import check_outputs
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Resident memory of one MMS worker with torch imported and a model warmed up on the
@@ -111,6 +110,11 @@ class ModelRegistry:
         if not NAME.match(name):
             raise RegistryError(HTTPStatus.BAD_REQUEST,
                                 f"model name {name!r} must be 1-128 letters, digits, '.', '_' or '-'")
+        # torch is imported here, on first use, in a thread while MMS boots: importing it
+        # before MMS starts cost a second of cold start (python -X importtime).
+        from dagm_defects.artifact import load_artifact
+        from dagm_serve.predictor import check_outputs
+
         try:
             model_dir = resolve_model_dir(Path(url), self.scratch / name)
             artifact = load_artifact(model_dir)
