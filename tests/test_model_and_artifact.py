@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,15 +150,26 @@ def test_missing_artifact_files_are_named(tmp_path):
 
 
 class _Payload:
+    """Unpickling this runs os.makedirs(marker): whether the marker exists says whether
+    the payload ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("this must never run",))
+        return (os.makedirs, (str(self.marker),))
 
 
-def test_weights_that_carry_code_are_refused(tmp_path):
+def test_weights_that_carry_code_are_refused_without_running_it(tmp_path):
     model_dir = _saved(tmp_path)
-    torch.save({"evil": _Payload()}, model_dir / "model.pt")
+    marker = tmp_path / "payload-ran"
+    torch.save({"evil": _Payload(marker)}, model_dir / "model.pt")
     with pytest.raises(ArtifactError, match="cannot be loaded"):
         load_artifact(model_dir)
+    assert not marker.exists()
+    # The payload is live: a plain unpickling does run it.
+    torch.load(model_dir / "model.pt", weights_only=False)
+    assert marker.is_dir()
 
 
 def test_corrupt_metadata_is_refused(tmp_path):

@@ -14,6 +14,7 @@ from dagm_serve import environment, wire
 from dagm_defects.archive import unpack
 from dagm_serve.codec import RequestError
 from dagm_serve.options import RequestOptions, parse_options
+from dagm_serve.prediction import Prediction
 
 
 def test_defaults_follow_the_sagemaker_contract(tmp_path):
@@ -91,3 +92,17 @@ def test_hard_links_and_devices_are_refused(tmp_path: Path):
     with pytest.raises(ArtifactError, match="'copy' is a link"):
         unpack(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_prediction_bbox_and_area_are_in_the_callers_pixels():
+    probability_map = np.zeros((8, 8), np.float32)
+    probability_map[2:4, 5:7] = 1.0  # a block at map scale; the image is 4x larger
+    defective = Prediction.from_outputs(0.9, probability_map, (32, 32), threshold=0.5)
+    record = defective.to_dict()
+    rows, cols = np.nonzero(defective.mask)
+    assert record["defective"] is True and record["defect_area_px"] == len(rows) > 0
+    assert record["bbox"] == [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
+    x0, y0, x1, y1 = record["bbox"]
+    assert 18 <= x0 < x1 <= 30 and 6 <= y0 < y1 <= 18
+    clean = Prediction.from_outputs(0.1, probability_map, (32, 32), threshold=0.5).to_dict()
+    assert clean == {"score": 0.1, "defective": False, "threshold": 0.5, "defect_area_px": 0, "bbox": None}

@@ -16,9 +16,12 @@ from dagm_serve.service import Service
 _service: Service | None = None
 
 
-def _body(item) -> bytes:
+def _body(item) -> bytes | bytearray:
+    """The request body as MMS read it (a bytearray: the arrays are used in place)."""
     body = item.get("body", item.get("data")) if isinstance(item, dict) else None
-    return body.encode() if isinstance(body, str) else bytes(body or b"")
+    if isinstance(body, str):
+        return body.encode()
+    return body if isinstance(body, (bytes, bytearray)) else bytes(body or b"")
 
 
 def handle(data, context):

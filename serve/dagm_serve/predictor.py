@@ -54,6 +54,8 @@ class Predictor:
         images, in one pass."""
         if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
             raise ValueError(f"expected N x {self.image_size} x {self.image_size} images, got shape {images.shape}")
+        if not images.flags.writeable:  # torch wants memory it may write; a view of bytes is not
+            images = images.copy()
         batch = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
         with torch.inference_mode(), self.device.autocast():
             probs, maps = predict(self.model, self.device.images(batch))

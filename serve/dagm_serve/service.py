@@ -65,7 +65,7 @@ class Service:
               f"(batch {settings.server_batch_size}) in {time.monotonic() - started:.2f} s", flush=True)
         return service
 
-    def answer(self, body: bytes) -> bytes:
+    def answer(self, body: bytes | bytearray) -> bytes:
         """The scores and maps for one batch body from the front (wire.py)."""
         _, (images,) = wire.unpack(body)
         scores, maps = self.predictor.forward(images)

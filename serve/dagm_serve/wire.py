@@ -29,11 +29,12 @@ class WireError(ValueError):
 def pack(meta: dict, arrays: list[np.ndarray]) -> bytes:
     arrays = [np.ascontiguousarray(a) for a in arrays]
     header = {"meta": meta, "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays]}
-    return b"".join([json.dumps(header).encode(), b"\n", *(a.tobytes() for a in arrays)])
+    # One copy of the pixels: join reads each array's buffer directly.
+    return b"".join([json.dumps(header).encode(), b"\n", *(memoryview(a.reshape(-1)).cast("B") for a in arrays)])
 
 
-def unpack(data: bytes) -> tuple[dict, list[np.ndarray]]:
-    """The meta and the arrays (read-only views of `data`)."""
+def unpack(data: bytes | bytearray) -> tuple[dict, list[np.ndarray]]:
+    """The meta and the arrays: views of `data`, writable when `data` is a bytearray."""
     line, newline, _ = data.partition(b"\n")
     try:
         header = json.loads(line) if newline else None
