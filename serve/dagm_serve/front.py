@@ -35,7 +35,7 @@ from aiohttp import web
 from dagm_defects.imaging import resize_square
 from dagm_serve import wire
 from dagm_serve.batcher import Batcher, Closed, Outputs, QueueFull
-from dagm_serve.codec import RequestError, check_answerable, decode_request, encode_response, negotiate
+from dagm_serve.codec import PNG, RequestError, check_answerable, decode_request, encode_response, negotiate
 from dagm_serve.connections import ConnectionGuard
 from dagm_serve.environment import ServingSettings
 from dagm_serve.model_server import ModelServerError, error_message
@@ -53,6 +53,9 @@ TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
 FORWARD_HEADER = "X-Dagm-Forward-Id"
 BATCH_HEADER = "X-Dagm-Batch-Images"
 RETRY_AFTER_S = 1
+# Answers of up to this many images without masks are encoded on the event loop (at
+# most 0.3 ms an image: only defective ones need their map scaled up).
+INLINE_ANSWER_IMAGES = 16
 MANAGEMENT_BODY_LIMIT = 1024 * 1024
 
 
@@ -218,7 +221,10 @@ class Front:
             log.error("model server call failed: %s", exc)
             return _error(exc.status if 500 <= exc.status < 600 else HTTPStatus.INTERNAL_SERVER_ERROR,
                           f"model server: {exc}")
-        answer = await loop.run_in_executor(self._decoder, _answer, images, outputs, model, options, accept)
+        if options.mask or accept == PNG or len(images) > INLINE_ANSWER_IMAGES:
+            answer = await loop.run_in_executor(self._decoder, _answer, images, outputs, model, options, accept)
+        else:  # a few JSON records cost less than the hand-off to a thread (~0.1 ms vs ~1 ms)
+            answer = _answer(images, outputs, model, options, accept)
         return web.Response(body=answer, headers={
             "Content-Type": accept, FORWARD_HEADER: outputs.forward_id, BATCH_HEADER: str(outputs.batch_images)})
 
