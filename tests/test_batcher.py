@@ -507,3 +507,31 @@ def test_many_concurrent_submitters_each_get_their_own_rows(slots, max_delay_s):
         assert max(len(model.request_ids(i)) for i in range(len(model.calls))) > 1
 
     asyncio.run(main())
+
+
+def test_abandoned_requests_do_not_hold_places_in_a_full_queue():
+    async def scenario():
+        release = asyncio.Event()
+        sent: list[int] = []
+
+        async def send(images):
+            sent.append(len(images))
+            await release.wait()
+            return "f", images[:, 0, 0].astype(np.float32), np.zeros((len(images), 2, 2), np.float32)
+
+        batcher = Batcher(send, max_images=1, max_delay_s=0, slots=1, max_queued=2)
+        busy = asyncio.ensure_future(batcher.submit(np.zeros((1, 4, 4), np.uint8), 10))
+        while not sent:
+            await asyncio.sleep(0.01)
+        for _ in range(2):  # callers that give up while the only slot is busy
+            with pytest.raises(asyncio.TimeoutError):
+                await batcher.submit(np.zeros((1, 4, 4), np.uint8), 0.01)
+        waiting = asyncio.ensure_future(batcher.submit(np.full((1, 4, 4), 7, np.uint8), 10))
+        await asyncio.sleep(0.01)
+        release.set()
+        assert (await waiting).scores.tolist() == [7.0]
+        await busy
+        assert sent == [1, 1]  # the abandoned two were never sent
+        await batcher.close()
+
+    asyncio.run(scenario())

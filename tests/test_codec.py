@@ -24,26 +24,16 @@ from dagm_serve import codec
 from dagm_serve.codec import Limits, RequestError, decode_request
 from dagm_serve.connections import ConnectionGuard
 
+from conftest import npy, png
+
 MB = 2**20
 LIMITS = Limits(max_images=64, max_pixels=64 * MB)
 BIG = 4096  # DAGM's per-image limit is 4096 x 4096 pixels
 
 
-def png(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="PNG")
-    return out.getvalue()
-
-
 def jpeg(array: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(array).save(out, format="JPEG", quality=95)
-    return out.getvalue()
-
-
-def npy(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    np.save(out, array, allow_pickle=False)
     return out.getvalue()
 
 

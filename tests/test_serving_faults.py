@@ -97,6 +97,18 @@ def test_a_killed_worker_heals_within_ten_seconds_under_load(start_server, untra
     _recovers(server, lambda: [p.kill() for p in before])
     assert not set(p.pid for p in workers(server)) & set(p.pid for p in before)
     assert "a model worker process died" in server.output
+    # serve adopts and collects orphaned workers (as PID 1 does in a container): no zombies.
+    zombies = [c for c in psutil.Process(server.process.pid).children(recursive=True)
+               if c.status() == psutil.STATUS_ZOMBIE]
+    assert not zombies, zombies
+
+
+def test_a_killed_worker_listener_is_noticed_before_its_orphaned_child_dies_too(start_server, untrained_model):
+    server = start_server(untrained_model)
+    listener = next(p for p in workers(server) if p.parent().name() == "java")
+    # The child it forked keeps answering; the next death would be unrecoverable for MMS.
+    _recovers(server, listener.kill)
+    assert "a model worker process died" in server.output
 
 
 def test_multi_model_server_killed_heals(start_server, untrained_model):

@@ -71,12 +71,25 @@ class Batcher:
         if self._closed:
             raise Closed("the model was unloaded")
         if self.queued >= self._max_queued:
+            self._forget_abandoned()
+        if self.queued >= self._max_queued:
             raise QueueFull(f"{self.queued} requests are waiting already")
         job = _Job(images)
         self._queue.put_nowait(job)
         # wait_for cancels the job's future on timeout, and so does a caller cancelled
         # for a client that went away: the dispatcher then skips it.
         return await asyncio.wait_for(job.future, timeout)
+
+    def _forget_abandoned(self) -> None:
+        """Take out of the queue the requests nobody waits for any more (their callers
+        timed out or left while every worker was busy), so they do not hold places."""
+        kept = []
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is None or not job.future.done():
+                kept.append(job)
+        for job in kept:
+            self._queue.put_nowait(job)
 
     async def close(self) -> None:
         """Refuse new requests; send the ones already queued, then stop."""

@@ -16,6 +16,7 @@ ports; supervisor.py decides when.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import random
@@ -39,6 +40,7 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 # MMS reads its size limits into a Java int.
 JAVA_INT_MAX = 2**31 - 1
 WORKER_SCRIPT = "model_service_worker.py"
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 # MMS 1.1 refuses ports from 32767 up ("Invalid port number"), i.e. every ephemeral port.
 MMS_PORTS = (20000, 32766)
 
@@ -219,11 +221,44 @@ class ModelServer:
                 break
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and _group_alive(self.process.pid):
-                self.process.poll()
+                self.reap()
                 time.sleep(0.05)
+            self.reap()
             if not _group_alive(self.process.pid):
                 break
         self.process.poll()
+
+    def reap(self) -> None:
+        """Collect every exited child, orphaned MMS workers included: serve is PID 1 in
+        the container and a subreaper outside it (serve.py), so a worker whose parent was
+        killed becomes its child, and would stay a zombie (and keep MMS's process group
+        alive) if nobody waited for it. MMS's own launcher is left to Popen."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            if self.process is not None and info.si_pid == self.process.pid:
+                if self.process.poll() is None:
+                    return
+                continue
+            try:
+                os.waitpid(info.si_pid, 0)
+            except ChildProcessError:
+                return
+
+
+def become_subreaper() -> None:
+    """Have orphaned descendants (an MMS worker whose parent was killed) re-parented to
+    this process, as they are to PID 1 in a container, so `reap` collects them here
+    too. Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _group_alive(pgid: int) -> bool:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from dagm_serve import environment
 from dagm_serve.front import SINGLE_MODEL, Front
-from dagm_serve.model_server import ModelServer, ModelServerError
+from dagm_serve.model_server import ModelServer, ModelServerError, become_subreaper
 from dagm_serve.models import ModelRegistry, RegistryError
 from dagm_serve.supervisor import Supervisor
 
@@ -48,6 +48,7 @@ def main() -> int:
         config_file, log_config = environment.mms_files()
     except environment.SettingsError as exc:
         return _fail(str(exc), 2)
+    become_subreaper()
     work_dir = Path(tempfile.mkdtemp(prefix="dagm-serve-"))
     server = ModelServer(settings, config_file, log_config, work_dir)
     try:

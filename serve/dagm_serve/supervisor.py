@@ -41,6 +41,7 @@ class Supervisor:
             self._wake.set()
 
     def _problem(self) -> str | None:
+        self.server.reap()
         if not self.server.running:
             return f"multi-model-server exited (code {self.server.process.returncode})"
         if self.server.workers_lost():
