@@ -247,10 +247,54 @@ def local_aws(tmp_path_factory):
     while "ready at" not in log_path.read_text():
         assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    _LOCAL_AWS.append(url)
+    yield url
+    _LOCAL_AWS.remove(url)
     process.terminate()
     process.wait(60)
     log.close()
+
+
+_LOCAL_AWS: list[str] = []  # the session's local AWS, once a test has started it
+
+
+def _endpoints(url: str) -> set[str]:
+    sagemaker = aws_client(url, "sagemaker")
+    return {e["EndpointName"] for page in sagemaker.get_paginator("list_endpoints").paginate()
+            for e in page["Endpoints"]}
+
+
+def _delete_endpoints(url: str, names: set[str]) -> None:
+    """Delete endpoints on the local AWS: their serve processes stop before this returns."""
+    sagemaker = aws_client(url, "sagemaker")
+    for name in sorted(names):
+        try:
+            sagemaker.delete_endpoint(EndpointName=name)
+        except sagemaker.exceptions.ClientError:
+            pass  # gone already
+
+
+@pytest.fixture(autouse=True)
+def _endpoints_end_with_their_test(request):
+    """Each endpoint a test creates on the local AWS is deleted when the test ends, so the
+    suite holds one test's serve processes at a time, not every test's (about 1 GB each:
+    front, MMS and a worker). Endpoints a module fixture made before the test are left to
+    the module (`_endpoints_end_with_their_module`)."""
+    if "local_aws" not in request.fixturenames:
+        yield
+        return
+    url = request.getfixturevalue("local_aws")
+    before = _endpoints(url)
+    yield
+    _delete_endpoints(url, _endpoints(url) - before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _endpoints_end_with_their_module():
+    yield
+    for url in _LOCAL_AWS:
+        _delete_endpoints(url, _endpoints(url))
 
 
 def aws_env(url: str) -> dict[str, str]:
