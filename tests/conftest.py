@@ -333,6 +333,12 @@ def png(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def jpeg(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
 def npy(array: np.ndarray) -> bytes:
     out = io.BytesIO()
     np.save(out, array)

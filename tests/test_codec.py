@@ -24,17 +24,11 @@ from dagm_serve import codec
 from dagm_serve.codec import Limits, RequestError, decode_request
 from dagm_serve.connections import ConnectionGuard
 
-from conftest import npy, png
+from conftest import jpeg, npy, png
 
 MB = 2**20
 LIMITS = Limits(max_images=64, max_pixels=64 * MB)
 BIG = 4096  # DAGM's per-image limit is 4096 x 4096 pixels
-
-
-def jpeg(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="JPEG", quality=95)
-    return out.getvalue()
 
 
 def npy_header(shape: tuple, descr: str = "|u1", fortran: bool = False) -> bytes:
@@ -343,9 +337,7 @@ def test_malformed_requests_get_their_status(body, kind, status):
 
 def test_sixteen_bit_png_is_refused():
     wide = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
-    body = io.BytesIO()
-    Image.fromarray(wide).save(body, format="PNG")
-    error, _, _ = refused(body.getvalue(), "image/png")
+    error, _, _ = refused(png(wide), "image/png")
     assert error.status == 400 and "16" in error.message
 
 

@@ -16,17 +16,11 @@ from dagm_defects.artifact import load_artifact
 from dagm_defects.imaging import resize_square
 from dagm_defects.model import predict
 
-from conftest import Server, npy, png
+from conftest import Server, jpeg, npy, png
 
 pytestmark = pytest.mark.slow
 
 
-
-
-def jpeg(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="JPEG", quality=95)
-    return out.getvalue()
 
 
 

@@ -5,7 +5,6 @@ requests in flight. Every check goes through HTTP and the process tree."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import signal
@@ -16,9 +15,8 @@ import time
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
 
-from conftest import noise_png, npy
+from conftest import jpeg, noise_png, npy, png
 
 pytestmark = pytest.mark.slow
 
@@ -141,21 +139,13 @@ def test_a_hung_worker_is_replaced_after_the_response_timeout(start_server, untr
 def _bad_neighbours() -> dict[str, tuple[bytes, str, int]]:
     huge_header = (b"\x93NUMPY\x01\x00v\x00{'descr': '|u1', 'fortran_order': False, 'shape': (10000000000000,), }"
                    .ljust(127) + b"\n")
-    big = io.BytesIO()
-    Image.fromarray(np.zeros((4096, 4096), np.uint8)).save(big, format="PNG")
-    b64 = base64.b64encode(big.getvalue()).decode()
+    b64 = base64.b64encode(png(np.zeros((4096, 4096), np.uint8))).decode()
     return {
         "npy declaring 10**13 bytes": (huge_header, "application/x-npy", 400),
         "100,000 nested [": (b"[" * 100_000, "application/json", 400),
         "40 PNGs of 4096x4096": (json.dumps({"instances": [{"b64": b64}] * 40}).encode(), "application/json", 413),
-        "JPEG bytes sent as PNG": (_jpeg(), "image/png", 400),
+        "JPEG bytes sent as PNG": (jpeg(np.full((64, 64), 128, np.uint8)), "image/png", 400),
     }
-
-
-def _jpeg() -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(out, format="JPEG")
-    return out.getvalue()
 
 
 def test_bad_requests_fail_alone_while_their_batch_neighbours_succeed(start_server, untrained_model):

@@ -123,8 +123,6 @@ class Front:
             if exc.status == HTTPStatus.NOT_FOUND:
                 return _error(exc.status, f"no such resource: {request.path}")
             return _error(exc.status, exc.reason)
-        except json.JSONDecodeError as exc:
-            return _error(HTTPStatus.BAD_REQUEST, f"body is not valid JSON ({exc})")
 
     # GET ---------------------------------------------------------------------------
     async def ping(self, _request: web.Request) -> web.Response:

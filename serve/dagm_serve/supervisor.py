@@ -28,7 +28,6 @@ class Supervisor:
         self.available = asyncio.Event()
         self._wake = asyncio.Event()
         self._reason: str | None = None
-        self.restarts = 0
 
     @property
     def server(self):
@@ -75,7 +74,6 @@ class Supervisor:
                     attempt += 1
                     log.error("restart %d failed (%s); trying again in %d s", attempt, exc, delay)
                     await asyncio.sleep(delay)
-            self.restarts += 1
             self._reason = None
             self.available.set()
             log.info("serving again %.1f s after the problem was seen", time.monotonic() - started)
