@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +326,23 @@ def upload(url: str, key: str, data: bytes, bucket: str = "dagm-models") -> str:
         s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key=key, Body=data)
     return f"s3://{bucket}/{key}"
+
+
+def concurrently(server, requests: list[tuple[bytes, dict]]):
+    """Send all requests at once (one thread each) and return the replies in order."""
+    replies = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def send(i, body, headers):
+        barrier.wait()
+        replies[i] = server.request("POST", "/invocations", body, headers)
+
+    threads = [threading.Thread(target=send, args=(i, *r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return replies
 
 
 def png(array: np.ndarray) -> bytes:

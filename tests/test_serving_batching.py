@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 
 import numpy as np
 import pytest
 
-from conftest import npy, png
+from conftest import concurrently, npy, png
 
 pytestmark = pytest.mark.slow
 
 
 
 
-
-
-def concurrently(server, requests: list[tuple[bytes, dict]]):
-    """Send all requests at once (one thread each) and return the replies in order."""
-    replies = [None] * len(requests)
-    barrier = threading.Barrier(len(requests))
-
-    def send(i, body, headers):
-        barrier.wait()
-        replies[i] = server.request("POST", "/invocations", body, headers)
-
-    threads = [threading.Thread(target=send, args=(i, *r)) for i, r in enumerate(requests)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return replies
 
 
 def test_concurrent_requests_share_one_forward_pass_and_keep_their_own_answers(start_server, untrained_model):

@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import jpeg, noise_png, npy, png
+from conftest import concurrently, jpeg, noise_png, npy, png
 
 pytestmark = pytest.mark.slow
 
@@ -152,19 +152,8 @@ def test_bad_requests_fail_alone_while_their_batch_neighbours_succeed(start_serv
     # A delay gathers every request of the round into one batch, were they allowed in.
     server = start_server(untrained_model, DAGM_SERVER_BATCH_DELAY_MS="300")
     bad = _bad_neighbours()
-    requests = [(body, kind) for body, kind, _ in bad.values()] + [(GOOD, "image/png")] * 6
-    replies: list = [None] * len(requests)
-    barrier = threading.Barrier(len(requests))
-
-    def send(i: int) -> None:
-        barrier.wait()
-        replies[i] = server.post("/invocations", requests[i][0], requests[i][1])
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    requests = [(body, {"Content-Type": kind}) for body, kind, _ in bad.values()]
+    replies = concurrently(server, requests + [(GOOD, {"Content-Type": "image/png"})] * 6)
     for (name, (_, _, status)), reply in zip(bad.items(), replies):
         assert reply.status == status, (name, reply.status, reply.body[:200])
         assert reply.json()["error"], name
@@ -215,16 +204,7 @@ def test_a_full_queue_answers_503_with_retry_after(start_server, untrained_model
     server = start_server(untrained_model, DAGM_MAX_QUEUED_REQUESTS="1", DAGM_SERVER_BATCH_SIZE="1",
                           DAGM_SERVER_BATCH_DELAY_MS="0")
     body = npy(np.zeros((64, 128, 128), np.uint8))
-    replies: list = [None] * 12
-
-    def send(i: int) -> None:
-        replies[i] = server.post("/invocations", body, "application/x-npy")
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    replies = concurrently(server, [(body, {"Content-Type": "application/x-npy"})] * 12)
     statuses = [r.status for r in replies]
     assert 200 in statuses and 503 in statuses, statuses
     refused = next(r for r in replies if r.status == 503)
