@@ -299,7 +299,7 @@ def _endpoints_end_with_their_module():
 
 
 def aws_env(url: str) -> dict[str, str]:
-    """The environment that points a boto3 CLI (deploy.py, train_stage.py, ...) at the local AWS."""
+    """The environment that points a boto3 CLI (dagm-deploy, dagm-train-stage, ...) at the local AWS."""
     return {**os.environ, "AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -366,3 +366,66 @@ def npy(array: np.ndarray) -> bytes:
 def noise_png(seed: int = 0, size: int = 128) -> bytes:
     """A PNG of random pixels: an image the model answers without any special case."""
     return png(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8))
+
+
+def aws_client_once(url: str, service: str, **config):
+    """A boto3 client for the local AWS that makes one attempt per call, no retry (aws_client's
+    Config(retries={"max_attempts": 1}) allows one retry: that key counts retries); `config`
+    adds botocore Config options, e.g. read_timeout=1."""
+    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing",
+                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, **config))
+
+
+def _faults_call(url: str, method: str, path: str = "", body: dict | None = None):
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/_local_aws/faults{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def inject(url: str, **fault) -> None:
+    """Add a fault to the local AWS at `url` (fields: local_test/local_aws/faults.py)."""
+    _faults_call(url, "POST", body=fault)
+
+
+def clear_faults(url: str) -> None:
+    """Remove every fault from the local AWS at `url`; the invocations they hang go on."""
+    _faults_call(url, "DELETE")
+
+
+def listed_faults(url: str) -> list[dict]:
+    """The local AWS's faults as added, each with its id and "matched" and "fired" counts."""
+    return _faults_call(url, "GET")["faults"]
+
+
+class Faults:
+    """The faults of one test (the `faults` fixture)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def add(self, **fault) -> int:
+        """Add a fault; its id (remove it alone with .remove(id))."""
+        return _faults_call(self.url, "POST", body=fault)["id"]
+
+    def remove(self, fault_id: int) -> None:
+        _faults_call(self.url, "DELETE", f"/{fault_id}")
+
+    def fired(self) -> list[int]:
+        """How many times each fault fired, in the order they were added."""
+        return [fault["fired"] for fault in listed_faults(self.url)]
+
+    def clear(self) -> None:
+        clear_faults(self.url)
+
+
+@pytest.fixture
+def faults(local_aws):
+    """Inject faults into the session's local AWS for one test: all are cleared at its end."""
+    clear_faults(local_aws)
+    yield Faults(local_aws)
+    clear_faults(local_aws)

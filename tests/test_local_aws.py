@@ -1,21 +1,23 @@
 """The local AWS (`python -m local_aws`, what `make local-aws` runs) over real HTTP with
 boto3 only: endpoints backed by real `serve` processes, InvokeEndpoint routed by weights
-and TargetVariant, UpdateEndpoint, and the AWS/SageMaker metrics in CloudWatch."""
+and TargetVariant, UpdateEndpoint, the AWS/SageMaker metrics in CloudWatch, and the
+injected faults (/_local_aws/faults) that failure-path tests use."""
 
 from __future__ import annotations
 
 import io
 import json
 import tarfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from conftest import aws_client as client
-from conftest import TINY_HPS, model_tarball, noise_png, upload
+from conftest import TINY_HPS, aws_client_once, listed_faults, model_tarball, noise_png, upload
 
 pytestmark = pytest.mark.slow
 
@@ -186,3 +188,178 @@ def test_training_jobs_really_train_and_fail_with_the_jobs_reason(local_aws, tin
     training_job(local_aws, "tiny-bad", data_uri, {**TINY_HPS, "epochs": "many"})
     failed = wait_job(local_aws, "tiny-bad")
     assert failed["TrainingJobStatus"] == "Failed" and "epochs" in failed["FailureReason"]
+
+
+# Fault injection (local_test/local_aws/faults.py).
+
+
+def error_of(call, *args, **kwargs) -> tuple[str, int]:
+    """The ClientError's code and HTTP status of a call expected to fail."""
+    with pytest.raises(ClientError) as error:
+        call(*args, **kwargs)
+    return error.value.response["Error"]["Code"], error.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+# One call per wire format botocore parses errors in; each call would succeed without the fault.
+WIRE_FORMATS = {
+    "json": ("sagemaker", "list_endpoints", {}, "ThrottlingException", 400),
+    "rpc-v2-cbor": ("cloudwatch", "describe_alarms", {}, "InternalFailure", 500),
+    "query": ("sts", "get_caller_identity", {}, "Throttling", 400),
+    "rest-xml": ("s3", "list_buckets", {}, "SlowDown", 503),
+    "rest-json": ("sagemaker-runtime", "invoke_endpoint", {"EndpointName": "nowhere", "Body": b"{}"},
+                  "ServiceUnavailable", 503),
+}
+
+
+@pytest.mark.parametrize("protocol", WIRE_FORMATS)
+def test_an_injected_error_reaches_boto3_in_each_wire_format(local_aws, faults, protocol):
+    service, method, kwargs, code, status = WIRE_FORMATS[protocol]
+    action = "".join(part.title() for part in method.split("_"))
+    faults.add(service=service, action=action, error=code)
+    assert error_of(getattr(aws_client_once(local_aws, service), method), **kwargs) == (code, status)
+    assert faults.fired() == [1]
+
+
+def test_the_fault_api_refuses_a_fault_it_cannot_apply(local_aws, faults):
+    import urllib.error
+
+    for wrong in ({"action": "ListEndpoints"}, {"error": "ThrottlingException", "tims": 2},
+                  {"endpoint": "faulty", "variant": "A", "status": 200}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            faults.add(**wrong)
+        assert refused.value.code == 400
+    assert listed_faults(local_aws) == []
+
+
+def test_a_throttled_call_then_skip_and_times(local_aws, faults):
+    sagemaker = aws_client_once(local_aws, "sagemaker")
+    # Passed on, DescribeEndpoint of a missing endpoint is moto's ValidationError.
+    faults.add(service="sagemaker", action="DescribeEndpoint", endpoint="elsewhere", error="ThrottlingException",
+               times=0)
+    faults.add(service="sagemaker", action="DescribeEndpoint", endpoint="nowhere", error="ThrottlingException",
+               skip=1, times=2)
+    codes = [error_of(sagemaker.describe_endpoint, EndpointName="nowhere")[0] for _ in range(4)]
+    assert codes == ["ValidationException", "ThrottlingException", "ThrottlingException", "ValidationException"]
+    assert [(f["matched"], f["fired"]) for f in listed_faults(local_aws)] == [(0, 0), (4, 2)]
+
+    # botocore retries a throttled call itself: aws_client's one retry absorbs a fault that
+    # fires once, and the fault counts both attempts.
+    faults.clear()
+    faults.add(action="DescribeEndpoint", error="ThrottlingException")
+    assert error_of(client(local_aws, "sagemaker").describe_endpoint, EndpointName="nowhere")[0] == "ValidationException"
+    assert [(f["matched"], f["fired"]) for f in listed_faults(local_aws)] == [(2, 1)]
+
+
+def test_a_throttled_dynamodb_put_item_writes_nothing(local_aws, faults):
+    dynamodb = aws_client_once(local_aws, "dynamodb")
+    dynamodb.create_table(TableName="fault-items", BillingMode="PAY_PER_REQUEST",
+                          KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                          AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+    faults.add(service="dynamodb", action="PutItem", error="ProvisionedThroughputExceededException")
+    item = {"id": {"S": "one"}}
+    assert error_of(dynamodb.put_item, TableName="fault-items", Item=item) == (
+        "ProvisionedThroughputExceededException", 400)
+    assert "Item" not in dynamodb.get_item(TableName="fault-items", Key=item)
+    dynamodb.put_item(TableName="fault-items", Item=item)  # the fault fired its one time
+    assert dynamodb.get_item(TableName="fault-items", Key=item)["Item"] == item
+    dynamodb.delete_table(TableName="fault-items")
+
+
+def test_a_delay_makes_a_read_time_out(local_aws, faults):
+    faults.add(service="sagemaker", action="ListEndpoints", delay_s=2)
+    impatient = aws_client_once(local_aws, "sagemaker", read_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(ReadTimeoutError):
+        impatient.list_endpoints()
+    assert time.monotonic() - started < 1.5
+    impatient.list_endpoints()  # the fault fired its one time
+
+
+@pytest.fixture(scope="module")
+def faulty(local_aws, untrained_model) -> str:
+    """One endpoint for the variant-fault tests: variant A takes the traffic, B (weight 0)
+    answers TargetVariant calls."""
+    register_model(local_aws, "faulty-model", model_tarball(untrained_model))
+    endpoint_config(local_aws, "faulty-cfg", {"A": ("faulty-model", 1.0), "B": ("faulty-model", 0.0)})
+    client(local_aws, "sagemaker").create_endpoint(EndpointName="faulty", EndpointConfigName="faulty-cfg")
+    wait_status(local_aws, "faulty")
+    return "faulty"
+
+
+def timed_invoke(url: str, endpoint: str, **extra) -> tuple[str, float]:
+    started = time.monotonic()
+    variant, _ = invoke(url, endpoint, **extra)
+    return variant, time.monotonic() - started
+
+
+def test_a_throttled_update_endpoint_weights_leaves_the_weights(local_aws, faulty, faults):
+    faults.add(service="sagemaker", action="UpdateEndpointWeightsAndCapacities", endpoint=faulty,
+               error="ThrottlingException")
+    sagemaker = aws_client_once(local_aws, "sagemaker")
+    assert error_of(sagemaker.update_endpoint_weights_and_capacities, EndpointName=faulty,
+                    DesiredWeightsAndCapacities=[{"VariantName": "B", "DesiredWeight": 1.0}]) == (
+        "ThrottlingException", 400)
+    weights = {v["VariantName"]: v["CurrentWeight"]
+               for v in sagemaker.describe_endpoint(EndpointName=faulty)["ProductionVariants"]}
+    assert weights == {"A": 1.0, "B": 0.0}
+
+
+def test_a_slowed_variant(local_aws, faulty, faults):
+    invoke(local_aws, faulty)  # warm
+    faults.add(endpoint=faulty, variant="A", delay_s=1.5)
+    assert timed_invoke(local_aws, faulty)[0] == "A"
+    variant, slow = timed_invoke(local_aws, faulty)
+    assert variant == "A" and slow >= 1.5
+    variant, fast = timed_invoke(local_aws, faulty, TargetVariant="B")
+    assert variant == "B" and fast < 1.5
+    faults.add(endpoint=faulty, variant="B", delay_s=1.5)
+    assert timed_invoke(local_aws, faulty, TargetVariant="B")[1] >= 1.5
+    assert faults.fired() == [2, 1]  # every call routed to the variant
+
+
+def invocation_errors(url: str, endpoint: str, variant: str) -> dict[str, float]:
+    cloudwatch = client(url, "cloudwatch")
+    sums = {}
+    for metric in ("Invocations", "Invocation5XXErrors"):
+        points = cloudwatch.get_metric_statistics(
+            Namespace="AWS/SageMaker", MetricName=metric, Statistics=["Sum"], Period=60,
+            StartTime=time.time() - 600, EndTime=time.time() + 60,
+            Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}])
+        sums[metric] = sum(p["Sum"] for p in points["Datapoints"])
+    return sums
+
+
+def test_a_variant_answering_500_is_a_model_error_in_the_metrics(local_aws, faulty, faults):
+    before = invocation_errors(local_aws, faulty, "A")
+    faults.add(endpoint=faulty, variant="A", status=500, times=1)
+    with pytest.raises(ClientError) as error:
+        invoke(local_aws, faulty)
+    assert error.value.response["Error"]["Code"] == "ModelError"
+    assert error.value.response["OriginalStatusCode"] == 500
+    assert invoke(local_aws, faulty)[0] == "A"  # fired its one time
+    after = invocation_errors(local_aws, faulty, "A")
+    assert after["Invocations"] - before["Invocations"] == 2
+    assert after["Invocation5XXErrors"] - before["Invocation5XXErrors"] == 1
+
+    # An API fault on InvokeEndpoint answers before the endpoint: the model never sees it.
+    faults.add(service="sagemaker-runtime", action="InvokeEndpoint", endpoint=faulty, error="ThrottlingException",
+               times=0)  # invoke() retries once
+    assert error_of(invoke, local_aws, faulty) == ("ThrottlingException", 400)
+    assert invocation_errors(local_aws, faulty, "A") == after
+
+
+def test_a_hung_variant_answers_once_the_fault_is_removed(local_aws, faulty, faults):
+    hang = faults.add(endpoint=faulty, variant="A", hang=True)
+    impatient = aws_client_once(local_aws, "sagemaker-runtime", read_timeout=1)
+    with pytest.raises(ReadTimeoutError):
+        impatient.invoke_endpoint(EndpointName=faulty, ContentType="image/png", Body=noise_png())
+    assert invoke(local_aws, faulty, TargetVariant="B")[0] == "B"  # the other variant answers
+
+    replies = []
+    waiting = threading.Thread(target=lambda: replies.append(timed_invoke(local_aws, faulty)))
+    waiting.start()
+    waiting.join(1.5)
+    assert waiting.is_alive() and not replies
+    faults.remove(hang)
+    waiting.join(30)
+    assert replies and replies[0][0] == "A" and replies[0][1] >= 1.5

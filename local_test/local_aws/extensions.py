@@ -14,6 +14,9 @@
   local CloudWatch (namespace AWS/SageMaker, dimensions EndpointName and VariantName).
 - Binary request bodies (PNG, .npy) reach the model as they are; moto decodes every
   body as UTF-8 and fails on them.
+- Faults (faults.py): tests make chosen API calls fail or stall through the control API
+  at /_local_aws/faults, and slow a variant, make it answer an error status, or hang it;
+  InvokeEndpoint applies the variant faults, so they show in the metrics above.
 - Training jobs really run (training.py).
 - Variant weights: moto drops an `InitialVariantWeight` of 0 (a canary's starting point)
   and has no default; here 0 stays 0 and an absent weight is 1.0.
@@ -33,7 +36,7 @@ from moto.sagemaker import responses as sagemaker_responses
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemakerruntime import responses as runtime_responses
 
-from local_aws import guardrails, training
+from local_aws import faults, guardrails, training
 from local_aws.hosting import Hosting
 
 
@@ -89,6 +92,7 @@ def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, o
 
 
 def install(hosting: Hosting) -> None:
+    faults.install()
     SageMakerBackend = sagemaker_models.SageMakerModelBackend
     original_create = SageMakerBackend.create_endpoint
     original_delete = SageMakerBackend.delete_endpoint
@@ -184,9 +188,16 @@ def install(hosting: Hosting) -> None:
         forwarded = {k: v for k in ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
                      if (v := self.headers.get(k)) is not None}
         started = time.perf_counter()
+        effect = faults.variant_effect(name, variant)
+        effect.stall()  # an injected delay or hang: the model is slow to answer
         try:
-            raw = self.raw_body
-            status, headers, body = process.invoke(raw if isinstance(raw, bytes) else (raw or "").encode(), forwarded)
+            if effect.status is not None:
+                status, headers = effect.status, {}
+                body = json.dumps({"error": f"status {effect.status} injected by a local AWS fault"}).encode()
+            else:
+                raw = self.raw_body
+                status, headers, body = process.invoke(raw if isinstance(raw, bytes) else (raw or "").encode(),
+                                                       forwarded)
         except OSError as exc:
             status, headers, body = 503, {}, json.dumps({"error": f"model container unreachable: {exc}"}).encode()
         latency_us = (time.perf_counter() - started) * 1e6
