@@ -52,7 +52,7 @@ from dagm_defects.imaging import image_statistics, resize_square, summarize_stat
 from dagm_defects.model import ModelConfig, build_model
 from dagm_serve import environment, wire
 from dagm_serve.codec import JSON, NPY, PNG, decode_request, encode_response
-from dagm_serve.drift import InputWatch
+from dagm_serve.input_watch import InputWatch
 from dagm_serve.prediction import Prediction
 from dagm_serve.predictor import Predictor
 from dagm_serve.service import Service, select_device
@@ -247,7 +247,7 @@ def throughput(port: int, local: InProcess, cases: dict, seconds: float) -> dict
     rates = {"in_process": {}, "served": {}}
     for name, (bodies, content_type, images, concurrency) in cases.items():
         requests = [(body, content_type) for body in bodies]
-        rates["in_process"][name] = local_rate(lambda: local.answer(requests), images * len(bodies), seconds)
+        rates["in_process"][name] = local_rate(lambda requests=requests: local.answer(requests), images * len(bodies), seconds)
         rates["served"][name] = served_rate(port, bodies, content_type, images, concurrency, seconds)
     return rates
 

@@ -1,7 +1,7 @@
 """Create deploy/pipeline.yml's retraining resources on the local AWS, from the template.
 
     AWS_ENDPOINT_URL=http://127.0.0.1:4566 .venv/bin/python local_test/retraining_stack.py \\
-        --bucket dagm-data --endpoint dagm --topic SNS_ARN [--role ARN] \\
+        --bucket dagm-data --endpoint dagm --topic SNS_ARN [--role ARN] [--hosting-role ARN] \\
         [--training-image dagm-defects-train:latest] [--parameter Name=Value ...] \
         [--variable NAME=VALUE ...] [--alarm-period 300]
 
@@ -11,7 +11,7 @@ parameters), the RetrainOnProfile and RetrainOnDrift rules with their targets, a
 DriftAlarm: what a `cloudformation deploy` of the stack would create for retraining,
 with the stack's bucket, topic, role and training repository given on the command line
 (the local AWS has no CloudFormation). Then dropping a profile under the profiles
-prefix runs the whole flow (deploy/retrain.py), as in the cloud. `--parameter` sets
+prefix runs the whole flow (dagm-retrain), as in the cloud. `--parameter` sets
 template parameters (e.g. RetrainHyperparameters, BakeSeconds); `--variable` overrides one
 of the project's environment variables (e.g. POLL_SECONDS), and `--alarm-period` the
 drift alarm's period, to make a demonstration quick. Prints what it made as JSON.
@@ -98,13 +98,16 @@ def create(args: argparse.Namespace) -> dict:
     project_name = f"{parameters.get('ProjectName', template['Parameters']['ProjectName']['Default'])}-retrain"
     alarm_name = f"{parameters.get('EndpointName', args.endpoint)}-input-drift"
     resources = {
-        "DataBucket": args.bucket, "NotificationTopic": args.topic, "SageMakerExecutionRole.Arn": args.role,
+        "DataBucket": args.bucket, "NotificationTopic": args.topic,
+        "TrainingExecutionRole.Arn": args.role, "HostingExecutionRole.Arn": args.hosting_role or args.role,
         "TrainRepository.RepositoryUri": args.training_image, "RetrainEventsRole.Arn": args.role,
-        "CodeBuildRole.Arn": args.role,
+        "RetrainRole.Arn": args.role,
         "RetrainProject.Arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{project_name}",
         "DriftAlarm.Arn": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{alarm_name}",
     }
     stack = Stack(template, {"EndpointName": args.endpoint, **parameters}, resources)
+    # The deploy lock's table, by the template's name (dagm-deploy creates it when missing).
+    stack.names["DeployLockTable"] = stack.properties("DeployLockTable")["TableName"]
 
     boto3.client("s3").put_bucket_notification_configuration(
         Bucket=args.bucket, NotificationConfiguration={"EventBridgeConfiguration": {}})
@@ -141,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", required=True, help="the stack's data bucket")
     parser.add_argument("--endpoint", required=True, help="the EndpointName parameter")
     parser.add_argument("--topic", required=True, help="the stack's SNS topic ARN")
-    parser.add_argument("--role", default=f"arn:aws:iam::{ACCOUNT}:role/sagemaker-execution")
+    parser.add_argument("--role", default=f"arn:aws:iam::{ACCOUNT}:role/sagemaker-execution",
+                        help="stands for the stack's roles (the training execution role among them)")
+    parser.add_argument("--hosting-role", help="the hosting execution role (default: --role)")
     parser.add_argument("--training-image", default="dagm-defects-train:latest")
     parser.add_argument("--parameter", nargs="*", default=[], metavar="Name=Value", help="template parameters")
     parser.add_argument("--variable", nargs="*", default=[], metavar="NAME=VALUE",

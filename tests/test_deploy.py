@@ -1,6 +1,7 @@
-"""deploy/deploy.py end to end on the local AWS: first deploy, a canary rollout under
+"""dagm-deploy end to end on the local AWS: first deploy, a canary rollout under
 client load, a broken candidate stopped before traffic, a slow candidate rolled back by
-its alarm, a concurrent deploy refused and an interrupted one resumed."""
+its alarm, a crashed deploy's lock expiring and its rollout resumed (the ways a rollout
+is stopped: test_deploy_safety.py)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ import torch
 from dagm_defects.artifact import save_artifact
 from dagm_defects.model import ModelConfig, build_model
 
-from conftest import REPO, aws_client, aws_env, model_tarball, noise_png, upload
+from conftest import aws_client, aws_env, model_tarball, noise_png, upload
 
 pytestmark = pytest.mark.slow
 
-DEPLOY = REPO / "deploy" / "deploy.py"
+# The console script `dagm-deploy`, run as the package's module (no PATH needed).
+DEPLOY = [sys.executable, "-m", "dagm_deploy"]
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 FAST = ["--bake-seconds", "3", "--poll-seconds", "0.3", "--alarm-period", "10"]
 
@@ -31,7 +33,7 @@ FAST = ["--bake-seconds", "3", "--poll-seconds", "0.3", "--alarm-period", "10"]
 
 
 def deploy_command(url: str, endpoint: str, version: str, model_data: str, *extra: str) -> list[str]:
-    return [sys.executable, str(DEPLOY), "deploy", "--endpoint", endpoint, "--image", "dagm-defects-serve:latest",
+    return [*DEPLOY, "deploy", "--endpoint", endpoint, "--image", "dagm-defects-serve:latest",
             "--model-data", model_data, "--role", ROLE, "--version", version, *FAST, *extra]
 
 
@@ -129,7 +131,7 @@ def test_first_deploy_then_a_canary_rollout_under_load_loses_no_request(local_aw
     assert variants_of(local_aws, "roll") == {"v-v2": 1.0}
     seen = Counter(load.variants)
     assert seen["v-v1"] > 0 and seen["v-v2"] > 0 and load.variants[-1] == "v-v2"
-    status = json.loads(run(local_aws, sys.executable, str(DEPLOY), "status", "--endpoint", "roll").stdout)
+    status = json.loads(run(local_aws, *DEPLOY, "status", "--endpoint", "roll").stdout)
     assert [v["variant"] for v in status["variants"]] == ["v-v2"] and status["variants"][0]["model_data"] == models["v2"]
 
 
@@ -183,29 +185,33 @@ def test_a_candidate_that_degrades_under_traffic_is_rolled_back_by_its_alarm(loc
     assert variants_of(local_aws, "watched") == {"v-v1": 1.0}
 
 
-def test_a_concurrent_deploy_is_refused_and_an_interrupted_one_resumes(local_aws, models):
+def test_a_crashed_deploy_holds_the_lock_until_its_lease_expires_then_the_next_one_resumes(local_aws, models):
     first_deploy(local_aws, "resumed", models["v1"])
-    long_bake = deploy_command(local_aws, "resumed", "v2", models["v2"], "--steps", "50,100", "--bake-seconds", "600")
+    long_bake = deploy_command(local_aws, "resumed", "v2", models["v2"], "--steps", "50,100", "--bake-seconds", "600",
+                               "--lease-seconds", "10")
     first = subprocess.Popen(long_bake, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=aws_env(local_aws), start_new_session=True)
     deadline = time.monotonic() + 120
     while variants_of(local_aws, "resumed").get("v-v2") != 50.0:
         assert time.monotonic() < deadline and first.poll() is None
         time.sleep(0.3)
-    second = run(local_aws, *deploy_command(local_aws, "resumed", "v2", models["v2"]))
-    assert second.returncode == 1 and "another deploy" in second.stderr and "in progress" in second.stderr
-
     os.killpg(first.pid, signal.SIGKILL)  # a crash mid-bake: canary config and lock left behind
     first.wait()
+    crashed = time.monotonic()
     assert variants_of(local_aws, "resumed") == {"v-v1": 50.0, "v-v2": 50.0}
+    second = run(local_aws, *deploy_command(local_aws, "resumed", "v2", models["v2"]))
+    assert second.returncode == 1 and "another deploy (" in second.stderr and "lease ends in" in second.stderr
+
+    time.sleep(max(0.0, crashed + 11 - time.monotonic()))
     again = run(local_aws, *deploy_command(local_aws, "resumed", "v2", models["v2"], "--steps", "100"))
     assert again.returncode == 0, again.stdout + again.stderr
+    assert f"took over the lock of {os.uname().nodename}/{first.pid}/" in again.stdout
     assert variants_of(local_aws, "resumed") == {"v-v2": 1.0}
 
 
 def test_autoscale_registers_target_tracking(local_aws, models):
     first_deploy(local_aws, "scaled", models["v1"])
-    base = [sys.executable, str(DEPLOY), "autoscale", "--endpoint", "scaled"]
+    base = [*DEPLOY, "autoscale", "--endpoint", "scaled"]
     result = run(local_aws, *base, "--variant", "v-v1", "--min", "1", "--max", "4", "--target-invocations", "70")
     assert result.returncode == 0, result.stderr
     scaling = aws_client(local_aws, "application-autoscaling")

@@ -1,5 +1,5 @@
 """Drift detection: the serving workers' input statistics and drift distance, and, on the
-local AWS, endpoints deployed with deploy.py whose recent inputs deploy/drift.py and the
+local AWS, endpoints deployed with dagm-deploy whose recent inputs dagm-drift and the
 template's drift alarm judge. In-distribution inputs do not drift; brighter, blurred or
 noisier ones do."""
 
@@ -17,13 +17,14 @@ import pytest
 from PIL import Image, ImageFilter
 
 from dagm_defects.imaging import STATISTICS, image_statistics, resize_square, summarize_statistics
-from dagm_serve.drift import DEFECTIVE, METRICS, NAMESPACE, SCORE, InputWatch, Reference, statistic_scores
+from dagm_defects.drift import DEFECTIVE, METRICS, NAMESPACE, SCORE, Reference, statistic_scores
+from dagm_serve.input_watch import InputWatch
 
-from conftest import REPO, aws_client, aws_env, model_tarball, png, upload
+from conftest import aws_client, aws_env, model_tarball, png, upload
 from test_deploy import DEPLOY, deploy_command, run
 from test_pipeline import template
 
-DRIFT = REPO / "deploy" / "drift.py"
+DRIFT = [sys.executable, "-m", "dagm_deploy.drift"]
 
 
 def brighter(image: np.ndarray, levels: int = 40) -> np.ndarray:
@@ -153,7 +154,7 @@ def test_workers_publish_statistic_sets_that_add_up(classes):
 def test_a_failing_cloudwatch_is_logged_once_and_never_raised(classes, caplog):
     statistics, test = classes
     watch = InputWatch(statistics, "ep", "v-1", 60, Recorder(ConnectionError("no route to CloudWatch")))
-    with caplog.at_level(logging.WARNING, logger="dagm_serve.drift"):
+    with caplog.at_level(logging.WARNING, logger="dagm_serve.input_watch"):
         for _ in range(3):
             watch.observe(model_input(test[1][:2]), np.array([False, False]))
             watch.publish()
@@ -185,14 +186,14 @@ def endpoints(local_aws, trained_job):
         assert deploy.returncode == 0, output
     yield
     for case in SHIFTS:
-        run(local_aws, sys.executable, str(DEPLOY), "delete", "--endpoint", f"inputs-{case}")
+        run(local_aws, *DEPLOY, "delete", "--endpoint", f"inputs-{case}")
 
 
 def drift(url: str, endpoint: str, images: int) -> tuple[int, dict]:
-    """deploy/drift.py's verdict once the workers have published all `images`."""
+    """dagm-drift's verdict once the workers have published all `images`."""
     deadline = time.monotonic() + 30
     while True:
-        result = run(url, sys.executable, str(DRIFT), "--endpoint", endpoint, "--minutes", "5")
+        result = run(url, *DRIFT, "--endpoint", endpoint, "--minutes", "5")
         done = result.returncode != 2 and json.loads(result.stdout)[0]["images"] == images
         if done or time.monotonic() > deadline:
             break
@@ -232,7 +233,7 @@ def test_shifted_inputs_drift_and_in_distribution_ones_do_not(local_aws, endpoin
     shift, statistic = SHIFTS[case]
     endpoint = f"inputs-{case}"
     if shift is None:  # before any traffic there is nothing to judge by
-        idle = run(local_aws, sys.executable, str(DRIFT), "--endpoint", endpoint, "--minutes", "5")
+        idle = run(local_aws, *DRIFT, "--endpoint", endpoint, "--minutes", "5")
         assert idle.returncode == 2 and "published no input statistics" in idle.stderr, idle.stderr
     alarm = drift_alarm(local_aws, endpoint)
     runtime = aws_client(local_aws, "sagemaker-runtime")
@@ -260,7 +261,7 @@ def test_shifted_inputs_drift_and_in_distribution_ones_do_not(local_aws, endpoin
 
 @pytest.mark.slow
 def test_drift_says_why_it_cannot_tell(local_aws):
-    result = run(local_aws, sys.executable, str(DRIFT), "--endpoint", "no-such-endpoint")
+    result = run(local_aws, *DRIFT, "--endpoint", "no-such-endpoint")
     assert result.returncode == 2 and "no such endpoint" in result.stderr
-    result = run(local_aws, sys.executable, str(DRIFT), "--endpoint", "e", "--minutes", "0")
+    result = run(local_aws, *DRIFT, "--endpoint", "e", "--minutes", "0")
     assert result.returncode == 2 and "--minutes 0: expected 1 to 1440" in result.stderr

@@ -207,7 +207,7 @@ def test_buildspec_logs_in_builds_tags_pushes_and_writes_the_artefact(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
     commit = "0123456789abcdef"
-    assert f"aws ecr create-repository --repository-name dagm-defects-train" in "\n".join(calls)
+    assert "aws ecr create-repository --repository-name dagm-defects-train" in "\n".join(calls)
     login = calls.index(f"docker login --username AWS --password-stdin {registry}")
     # `aws ... | docker login` run concurrently, so only the order after login is fixed.
     assert calls.index("password=ecr-secret") > login

@@ -17,7 +17,7 @@ from dagm_defects.data.profile import parse_profile
 
 from conftest import REPO, aws_env, upload
 
-RETRAIN = REPO / "deploy" / "retrain.py"
+RETRAIN = [sys.executable, "-m", "dagm_deploy.retrain"]
 
 
 def png(path: Path, size: int = 64, value: int = 100) -> None:
@@ -38,7 +38,7 @@ def images(tmp_path) -> Path:
 
 
 def validate(*args: str, env: dict | None = None) -> tuple[int, dict | None, str]:
-    result = subprocess.run([sys.executable, str(RETRAIN), "validate", *args], capture_output=True, text=True,
+    result = subprocess.run([*RETRAIN, "validate", *args], capture_output=True, text=True,
                             env=env or os.environ.copy(), timeout=120)
     report = json.loads(result.stdout) if result.stdout.strip() else None
     return result.returncode, report, result.stderr

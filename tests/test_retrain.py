@@ -1,4 +1,4 @@
-"""deploy/retrain.py run on the local AWS: a broken profile is rejected with its whole
+"""dagm-retrain run on the local AWS: a broken profile is rejected with its whole
 report and nothing lost, a candidate that fails the gate is not deployed, and a valid
 profile ends as a rolled-out model trained on the old data plus the new rows; and the
 same flow started the way pipeline.yml starts it, by uploading a profile."""
@@ -16,12 +16,12 @@ import pytest
 from dagm_defects.data.labels import parse_labels
 from dagm_defects.data.synthetic import generate_dataset
 
-from conftest import REPO, TINY_HPS, aws_client, model_tarball, png, upload
+from conftest import REPO, TINY_HPS, aws_client, model_tarball, upload
 from test_deploy import ROLE, deploy_command, run, variants_of
 
 pytestmark = pytest.mark.slow
 
-RETRAIN = REPO / "deploy" / "retrain.py"
+RETRAIN = [sys.executable, "-m", "dagm_deploy.retrain"]
 STACK = REPO / "local_test" / "retraining_stack.py"
 BUCKET = "dagm-quality"
 ENDPOINT = "retrained"
@@ -53,7 +53,7 @@ class World:
 
     def retrain(self, profile_key: str, text: str, *extra: str):
         upload(self.url, profile_key, text.encode(), bucket=BUCKET)
-        return run(self.url, sys.executable, str(RETRAIN), "run", "--profile", f"s3://{BUCKET}/{profile_key}",
+        return run(self.url, *RETRAIN, "run", "--profile", f"s3://{BUCKET}/{profile_key}",
                    "--data", f"s3://{BUCKET}/dagm/", "--endpoint", ENDPOINT, "--role", ROLE,
                    "--training-image", "dagm-defects-train:latest", "--topic", self.topic, *FAST, *extra)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from dagm_defects.data.labels import LabelRow, format_labels, parse_labels
 from dagm_defects.data.profile import ProfileRow
-from s3_objects import keys_under, locate, reader, split
+from dagm_deploy.s3_objects import keys_under, locate, reader, split
 
 _LABELS = re.compile(r"^class(\d+)/train/label/labels\.txt$", re.IGNORECASE)
 

@@ -1,9 +1,9 @@
 """Have the endpoint's recent inputs drifted away from its model's training data?
 
-    python deploy/drift.py --endpoint E [--variant V] [--minutes 60] [--threshold 3]
+    dagm-drift --endpoint E [--variant V] [--minutes 60] [--threshold 3]
 
 The serving image publishes statistics of the images it predicts on (namespace
-DAGM/Inputs, per endpoint and variant; serve/dagm_serve/drift.py). This command reads
+DAGM/Inputs, per endpoint and variant; dagm_serve.input_watch; definitions in dagm_defects.drift). This command reads
 them for the last --minutes, reads each variant's training statistics from its
 model.tar.gz (model.json), and prints one JSON report per variant: per statistic the
 recent average, the whole training set's mean and spread, and the distance between them
@@ -29,9 +29,11 @@ from datetime import datetime, timedelta, timezone
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dagm_serve.drift import DEFECTIVE, METRICS, NAMESPACE, SCORE, Reference, statistic_scores
-from deploy import Deployer, Refused
-from s3_objects import split
+from dagm_defects.drift import DEFECTIVE, METRICS, NAMESPACE, SCORE, Reference, statistic_scores
+from dagm_deploy.endpoint import Endpoint
+from dagm_deploy.errors import Refused
+from dagm_deploy.status import status
+from dagm_deploy.s3_objects import split
 
 
 # CloudWatch keeps one-minute data for 15 days; a day is plenty to judge recent inputs by.
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.threshold > 0:
         parser.error(f"--threshold {args.threshold}: expected a number above 0")
     try:
-        variants = Deployer(args.endpoint).status()["variants"]
+        variants = status(Endpoint(args.endpoint))["variants"]
         chosen = [v for v in variants if args.variant in (None, v["variant"])]
         if not chosen:
             raise NoVerdict(f"endpoint {args.endpoint} has no variant {args.variant}")

@@ -1,9 +1,9 @@
 """Retraining on the quality team's dataset profiles.
 
-    .venv/bin/python deploy/retrain.py validate --profile PATH_OR_S3_URI [--root DIR]
-    .venv/bin/python deploy/retrain.py run --profile s3://BUCKET/profiles/NAME.csv \\
+    dagm-retrain validate --profile PATH_OR_S3_URI [--root DIR]
+    dagm-retrain run --profile s3://BUCKET/profiles/NAME.csv \\
         --data s3://BUCKET/dagm/ --endpoint NAME --role ARN --training-image URI --topic ARN [...]
-    .venv/bin/python deploy/retrain.py run --waiting s3://BUCKET/profiles/ [...]
+    dagm-retrain run --waiting s3://BUCKET/profiles/ [...]
 
 `validate` checks a profile (format: code/dagm_defects/data/profile.py; examples in
 deploy/examples/) row by row: columns, labels, classes, masks of defective rows,
@@ -17,7 +17,7 @@ RetrainOnProfile rule) or `--waiting` picks the oldest waiting profile (the drif
 validate -> a prepared training prefix (the current data plus the profile's rows,
 dataset_prep.py) -> a training job with the serving model as its `model` channel (scored
 on the same held-out images; --warm-start starts from its weights) -> the quality gate
-(quality_gate.py) -> a canary rollout with deploy.py -> SNS with the comparison. The
+(quality_gate.py) -> a canary rollout (rollout.py) -> SNS with the comparison. The
 profile ends in `rejected/KEY` (invalid, report at `rejected/KEY.report.json`) or
 `processed/KEY` (result at `processed/KEY.result.json`); nothing uploaded is deleted. A
 failed training job leaves the profile where it was, to be retried. Exit 0 when the new
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,12 +38,16 @@ from typing import Callable
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-import dataset_prep
-import quality_gate
-import s3_objects
-import training_job
+from dagm_deploy import dataset_prep
+from dagm_deploy import quality_gate
+from dagm_deploy import s3_objects
+from dagm_deploy import training_job
 from dagm_defects.data.profile import ProfileReport, validate_profile
-from deploy import Deployer, Options, Refused, name_part
+from dagm_deploy.endpoint import Endpoint
+from dagm_deploy.errors import Refused
+from dagm_deploy.options import Options, name_part
+from dagm_deploy.rollout import Rollout
+from dagm_deploy.status import status
 
 CURRENT = "current.json"  # under --datasets: the prefix the last rolled-out model trained on
 
@@ -156,11 +161,12 @@ class Flow:
             raise Refused("no serving model to take the serving image from: give --serve-image")
         # The pre-traffic check uses the team's own new images.
         samples = [read(row.image_key) for row in report.rows[:2]]
-        options = Options(self.args.endpoint, image, model_data, self.args.role, name_part(f"r{tag}", 40),
-                          self.args.serving_instance_type, 1, self.args.steps, self.args.bake_seconds, [],
-                          samples, self.args.latency_ms, self.args.alarm_period, "variants")
+        options = Options(self.args.endpoint, image, model_data, self.args.hosting_role or self.args.role,
+                          name_part(f"r{tag}", 40), self.args.serving_instance_type, 1, self.args.steps,
+                          self.args.bake_seconds, [], samples, self.args.latency_ms, self.args.alarm_period,
+                          poll_seconds=self.args.poll_seconds, lock_table=self.args.lock_table)
         try:
-            Deployer(self.args.endpoint, self.args.poll_seconds).deploy(options)
+            Rollout(options).run()
         except Refused as refused:
             self.result["reason"] = str(refused)
             self.finish("rolled_back", f"DAGM retraining: rollout of the model from {self.key} stopped", "processed")
@@ -174,7 +180,7 @@ class Flow:
     def serving(self) -> dict | None:
         """The variant with the most traffic, or None without an endpoint."""
         try:
-            variants = Deployer(self.args.endpoint).status()["variants"]
+            variants = status(Endpoint(self.args.endpoint))["variants"]
         except Refused:
             return None
         chosen = max(variants, key=lambda v: v["weight"] or 0)
@@ -215,7 +221,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--datasets", help="s3:// prefix for prepared datasets (default: s3://PROFILE_BUCKET/datasets/)")
     run.add_argument("--output", help="s3:// prefix for training output (default: s3://PROFILE_BUCKET/models)")
     run.add_argument("--endpoint", required=True)
-    run.add_argument("--role", required=True, help="SageMaker execution role ARN")
+    run.add_argument("--role", required=True, help="SageMaker execution role ARN for the training job")
+    run.add_argument("--hosting-role", help="SageMaker execution role ARN for the new model (default: --role)")
+    run.add_argument("--lock-table", default=os.environ.get("DAGM_DEPLOY_LOCK_TABLE") or "dagm-deploy-locks",
+                     help="DynamoDB table of deploy locks")
     run.add_argument("--training-image", required=True,
                      help="training image URI; an ECR repository URI alone means its newest image")
     run.add_argument("--serve-image", help="default: the image the endpoint serves with now")

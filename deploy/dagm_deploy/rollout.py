@@ -1,518 +1,261 @@
 """Roll a new model onto a SageMaker endpoint through weighted production variants.
 
-    python deploy/deploy.py deploy --endpoint E --image URI --model-data s3://... --role ARN
-        [--version V] [--instance-type T] [--instance-count N] [--steps 10,50,100]
-        [--bake-seconds S] [--alarms A,B] [--samples IMG ...] [--latency-ms MS] [--model-env K=V ...]
-    python deploy/deploy.py status|rollback|delete --endpoint E
-    python deploy/deploy.py autoscale --endpoint E --variant V --min N --max M --target-invocations K
+A new endpoint gets one variant. An existing one gets a canary config (current variant
+at weight 1, the new one at 0); a pre-traffic check invokes the new variant by name
+(TargetVariant) with sample images and refuses it before any user request reaches it if
+it errors, hangs or answers nonsense; then weights shift step by step, baking at each
+step while CloudWatch alarms are watched (the new variant's Invocation5XXErrors and
+ModelLatency, plus any given). Success ends with a config holding only the new variant;
+the old config, its model, the canary config and the alarms are removed.
 
-boto3 alone; every client honours AWS_ENDPOINT_URL(_<SERVICE>) and the usual credential
-chain, so the same commands drive AWS or the local AWS (`make local-aws`).
-
-deploy: a new endpoint gets one variant. An existing one gets a canary config (current
-variant at weight 1, the new one at 0), then a pre-traffic check invokes the new variant
-by name (TargetVariant) with sample images and refuses it before any user request
-reaches it if it errors or answers nonsense; then weights shift step by step, baking
-at each step while CloudWatch alarms are watched (this script's own on the new
-variant's Invocation5XXErrors and ModelLatency, plus --alarms). Any alarm, a failed step
-or Ctrl-C shifts all traffic back and returns the endpoint to its old config. Success
-ends with a config holding only the new variant; the old one's config, alarms and the
-canary config are removed. Exit 0 on a completed rollout, 1 on a rollback or refusal
-(with a one-line reason), 130 on Ctrl-C (after rolling back). Each model's container
-gets DAGM_ENDPOINT_NAME and DAGM_VARIANT_NAME, under which the serving image publishes
-its input statistics (drift detection), plus any --model-env settings.
-
-Safe to re-run: a half-done rollout (two variants) of the same model is resumed, one of
-another model is rolled back first. A lock tag on the endpoint refuses a second deploy
-while one runs.
+Every way out of a rollout ends safe: an alarm, a refused check, any exception, SIGTERM
+or SIGINT moves all traffic back to the old variant, then returns the endpoint to a
+config holding only it, with signals deferred meanwhile (signals.py). AWS errors while
+rolling back are retried for ROLLBACK_RETRY_SECONDS; endpoint updates are waited for up
+to --update-timeout. Safe to re-run: a half-done rollout of the same model resumes, one
+of another model is rolled back first. One deploy at a time per endpoint (lock.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import re
-import struct
-import sys
 import time
-import zlib
-from dataclasses import dataclass, field
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-LOCK_TAG = "dagm:deploy-lock"
-LOCK_STALE_S = 6 * 3600
+from dagm_deploy import aws, guardrails, signals
+from dagm_deploy.alarms import Alarms
+from dagm_deploy.endpoint import VARIANT_FIELDS, Endpoint
+from dagm_deploy.errors import Interrupted, Refused, cause, exit_code
+from dagm_deploy.lock import Lock
+from dagm_deploy.options import Options, name_part
+
+# How long a rollback keeps retrying AWS errors (throttling, 5xx) before it gives up and
+# says what state it left; endpoint updates themselves are waited for on top of this.
+ROLLBACK_RETRY_SECONDS = 60.0
 
 
-def _stale(lock: str) -> bool:
-    """A lock left by a deploy that crashed: its process is gone (same host), or it is old."""
-    owner, _, since = lock.rpartition("@")
-    host, _, pid = owner.partition("/")
-    if host == os.uname().nodename and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    try:
-        return time.time() - float(since) > LOCK_STALE_S
-    except ValueError:
-        return True
+class Rollout:
+    def __init__(self, o: Options, update_timeout: float = 1800.0):
+        self.o = o
+        self.endpoint = Endpoint(o.endpoint, o.poll_seconds)
+        self.sm = self.endpoint.sm
+        self.say = self.endpoint.say
+        self.alarms = Alarms(o.endpoint)
+        self.update_timeout = update_timeout
 
-
-class Refused(Exception):
-    """A rollout that must not go on; the message is the one-line reason."""
-
-
-def name_part(text: str, limit: int) -> str:
-    """SageMaker names: letters, digits and hyphens, at most 63 characters."""
-    return re.sub(r"[^A-Za-z0-9-]+", "-", text).strip("-")[:limit].strip("-") or "v"
-
-
-def sample_png(size: int = 64) -> bytes:
-    """A gray test image, written with the standard library (this CLI needs only boto3)."""
-    raw = b"".join(b"\x00" + bytes([128]) * size for _ in range(size))
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
-                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    header = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-
-
-@dataclass
-class Options:
-    endpoint: str
-    image: str
-    model_data: str
-    role: str
-    version: str
-    instance_type: str
-    instance_count: int
-    steps: list[int]
-    bake_seconds: float
-    alarms: list[str]
-    samples: list[bytes]
-    latency_ms: float
-    alarm_period: int
-    strategy: str
-    # More container environment for the new model (DAGM_* serving settings).
-    model_env: dict[str, str] = field(default_factory=dict)
-
-
-class Deployer:
-    def __init__(self, endpoint: str, poll_seconds: float = 15.0):
-        self.endpoint = endpoint
-        self.poll = poll_seconds
-        self.sm = boto3.client("sagemaker")
-        self.runtime = boto3.client("sagemaker-runtime")
-        self.cloudwatch = boto3.client("cloudwatch")
-
-    def say(self, message: str) -> None:
-        print(f"[{self.endpoint}] {message}", flush=True)
-
-    # -- reading state ---------------------------------------------------------------
-    def describe(self) -> dict | None:
-        try:
-            return self.sm.describe_endpoint(EndpointName=self.endpoint)
-        except ClientError as error:
-            if "Could not find" in str(error) or error.response["Error"]["Code"] == "ValidationException":
-                return None
-            raise
-
-    def config_variants(self, config_name: str) -> list[dict]:
-        return self.sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
-
-    def wait_in_service(self, config_name: str | None = None) -> dict:
-        """Wait until the endpoint is InService; with `config_name`, it must run that config
-        (SageMaker rolls a failed update back to the old config, with a FailureReason)."""
-        while True:
-            described = self.describe()
-            if described is None:
-                raise Refused("the endpoint disappeared")
-            status = described["EndpointStatus"]
-            if status == "Failed":
-                raise Refused(f"endpoint failed: {described.get('FailureReason', 'no reason given')}")
-            if status == "InService":
-                if config_name and described["EndpointConfigName"] != config_name:
-                    raise Refused(f"update to {config_name} did not take: {described.get('FailureReason', 'unknown')}")
-                return described
-            time.sleep(self.poll)
-
-    # -- the lock --------------------------------------------------------------------
-    def arn(self) -> str:
-        return self.describe()["EndpointArn"]
-
-    def lock(self) -> None:
-        arn = self.arn()
-        tags = {t["Key"]: t["Value"] for t in self.sm.list_tags(ResourceArn=arn).get("Tags", [])}
-        held = tags.get(LOCK_TAG)
-        if held and not _stale(held):
-            raise Refused(f"another deploy ({held.rpartition('@')[0]}) is in progress on this endpoint; "
-                          f"wait for it, or run `rollback` if it died")
-        owner = f"{os.uname().nodename}/{os.getpid()}@{time.time():.0f}"
-        self.sm.add_tags(ResourceArn=arn, Tags=[{"Key": LOCK_TAG, "Value": owner}])
-
-    def unlock(self) -> None:
-        described = self.describe()
-        if described:
-            self.sm.delete_tags(ResourceArn=described["EndpointArn"], TagKeys=[LOCK_TAG])
-
-    # -- building blocks ---------------------------------------------------------------
-    def ensure_model(self, name: str, variant: str, o: Options) -> None:
-        try:
-            existing = self.sm.describe_model(ModelName=name)
-        except ClientError:
-            environment = {"DAGM_ENDPOINT_NAME": self.endpoint, "DAGM_VARIANT_NAME": variant, **o.model_env}
-            self.sm.create_model(ModelName=name, ExecutionRoleArn=o.role, PrimaryContainer={
-                "Image": o.image, "ModelDataUrl": o.model_data, "Environment": environment})
-            self.say(f"created model {name}")
-            return
-        container = existing.get("PrimaryContainer", {})
-        if (container.get("Image"), container.get("ModelDataUrl")) != (o.image, o.model_data):
-            raise Refused(f"model {name} exists with another image or model data; deploy with a new --version")
-
-    def create_config(self, name: str, variants: list[dict]) -> str:
-        try:
-            self.sm.describe_endpoint_config(EndpointConfigName=name)
-        except ClientError:
-            self.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=variants)
-        return name
-
-    def set_weights(self, weights: dict[str, float]) -> None:
-        self.sm.update_endpoint_weights_and_capacities(
-            EndpointName=self.endpoint,
-            DesiredWeightsAndCapacities=[{"VariantName": v, "DesiredWeight": w} for v, w in weights.items()])
-        self.wait_in_service()
-
-    def alarm_names(self, variant: str) -> list[str]:
-        return [f"{self.endpoint}-{variant}-5xx", f"{self.endpoint}-{variant}-latency"]
-
-    def create_alarms(self, variant: str, o: Options) -> list[str]:
-        dims = [{"Name": "EndpointName", "Value": self.endpoint}, {"Name": "VariantName", "Value": variant}]
-        five, latency = self.alarm_names(variant)
-        common = dict(Namespace="AWS/SageMaker", Dimensions=dims, Period=o.alarm_period, EvaluationPeriods=1,
-                      TreatMissingData="notBreaching")
-        self.cloudwatch.put_metric_alarm(AlarmName=five, MetricName="Invocation5XXErrors", Statistic="Sum",
-                                         Threshold=0, ComparisonOperator="GreaterThanThreshold", **common)
-        self.cloudwatch.put_metric_alarm(AlarmName=latency, MetricName="ModelLatency", Statistic="Average",
-                                         Threshold=o.latency_ms * 1000, ComparisonOperator="GreaterThanThreshold",
-                                         **common)
-        return [five, latency]
-
-    def alarming(self, names: list[str]) -> list[str]:
-        if not names:
-            return []
-        alarms = self.cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
-        return [a["AlarmName"] for a in alarms if a["StateValue"] == "ALARM"]
-
-    def pre_traffic_check(self, variant: str, samples: list[bytes]) -> None:
-        for i, image in enumerate(samples):
+    # -- entry -----------------------------------------------------------------------
+    def run(self) -> None:
+        """Deploy `o`; Refused (with its exit code) when it did not complete."""
+        with signals.interruptible():
             try:
-                reply = self.runtime.invoke_endpoint(EndpointName=self.endpoint, TargetVariant=variant,
-                                                     ContentType="image/png", Accept="application/json", Body=image)
-                answer = json.loads(reply["Body"].read())
-            except (ClientError, ValueError) as exc:
-                raise Refused(f"pre-traffic check: sample {i} failed on the new variant: {exc}") from None
-            predictions = answer.get("predictions") if isinstance(answer, dict) else None
-            if reply.get("InvokedProductionVariant") != variant or not isinstance(predictions, list) \
-                    or len(predictions) != 1 or not 0.0 <= float(predictions[0].get("score", -1)) <= 1.0:
-                raise Refused(f"pre-traffic check: sample {i} got a nonsense answer: {json.dumps(answer)[:200]}")
-        self.say(f"pre-traffic check passed on {len(samples)} sample image(s)")
+                lock = Lock(self.o.lock_table, self.o.endpoint, self.o.lease_seconds, self.say)
+                lock.acquire()
+            except (Interrupted, KeyboardInterrupt) as stop:
+                raise Refused(f"{cause(stop)} before the rollout began: nothing changed", exit_code(stop)) from None
+            try:
+                self._run(lock)
+            except (Interrupted, KeyboardInterrupt) as stop:  # before anything needed undoing
+                raise Refused(f"{cause(stop)}: {self.state()}", exit_code(stop)) from None
+            finally:
+                with signals.shielded("releasing the deploy lock"):
+                    lock.release()
 
-    # -- rollout -----------------------------------------------------------------------
-    def deploy(self, o: Options) -> None:
-        model = name_part(f"{self.endpoint}-{o.version}", 63)
-        variant = name_part(f"v-{o.version}", 63)
-        new = {"VariantName": variant, "ModelName": model, "InstanceType": o.instance_type,
-               "InitialInstanceCount": o.instance_count}
-        self.ensure_model(model, variant, o)
-        described = self.describe()
+    def _run(self, lock: Lock) -> None:
+        self.ensure_model()
+        described = self.endpoint.describe()
         if described is None:
-            config = self.create_config(name_part(f"{self.endpoint}-{o.version}", 63), [{**new, "InitialVariantWeight": 1.0}])
-            self.sm.create_endpoint(EndpointName=self.endpoint, EndpointConfigName=config)
-            self.say(f"creating the endpoint with {variant}")
-            self.wait_in_service(config)
-            self.say(f"in service with {variant}")
+            self.create()
             return
         if described["EndpointStatus"] != "InService":
             raise Refused(f"the endpoint is {described['EndpointStatus']}: another update is in progress")
-        self.lock()
-        try:
-            if o.strategy == "guardrails":
-                self._guardrails(described, new, o)
-            else:
-                self._roll(described, new, o)
-        finally:
-            self.unlock()
+        self.endpoint.delete_quietly(self.alarms.delete, names=self.alarms.own())
+        if self.o.strategy == "guardrails":
+            guardrails.roll(self, described, lock)
+        else:
+            self.roll(described, lock)
 
-    def _roll(self, described: dict, new: dict, o: Options) -> None:
-        variant = new["VariantName"]
-        current = self.config_variants(described["EndpointConfigName"])
+    # -- building blocks ---------------------------------------------------------------
+    def new_variant(self, weight: float) -> dict:
+        return {"VariantName": self.o.variant, "ModelName": self.o.model, "InstanceType": self.o.instance_type,
+                "InitialInstanceCount": self.o.instance_count, "InitialVariantWeight": weight}
+
+    def ensure_model(self) -> None:
+        o = self.o
+        try:
+            existing = self.sm.describe_model(ModelName=o.model)
+        except ClientError:
+            environment = {"DAGM_ENDPOINT_NAME": o.endpoint, "DAGM_VARIANT_NAME": o.variant, **o.model_env}
+            self.sm.create_model(ModelName=o.model, ExecutionRoleArn=o.role, PrimaryContainer={
+                "Image": o.image, "ModelDataUrl": o.model_data, "Environment": environment})
+            self.say(f"created model {o.model}")
+            return
+        container = existing.get("PrimaryContainer", {})
+        if (container.get("Image"), container.get("ModelDataUrl")) != (o.image, o.model_data):
+            raise Refused(f"model {o.model} exists with another image or model data; deploy with a new --version")
+
+    def create(self) -> None:
+        config = self.endpoint.create_config(self.o.model, [self.new_variant(1.0)])
+        self.sm.create_endpoint(EndpointName=self.o.endpoint, EndpointConfigName=config)
+        self.say(f"creating the endpoint with {self.o.variant}")
+        self.endpoint.wait_in_service(config, time.monotonic() + self.update_timeout)
+        self.say(f"in service with {self.o.variant}")
+
+    def pre_traffic_check(self) -> None:
+        variant, runtime = self.o.variant, aws.runtime(self.o.check_timeout)
+        self.say(f"pre-traffic check: {len(self.o.samples)} sample image(s) to {variant}")
+        for i, image in enumerate(self.o.samples):
+            try:
+                reply = runtime.invoke_endpoint(EndpointName=self.o.endpoint, TargetVariant=variant,
+                                                ContentType="image/png", Accept="application/json", Body=image)
+                answer = json.loads(reply["Body"].read())
+            except Exception as exc:  # an error, a timeout, a body that is not JSON: all refuse it
+                raise Refused(f"pre-traffic check: sample {i} failed on the new variant: "
+                              f"{type(exc).__name__}: {exc}") from None
+            if reply.get("InvokedProductionVariant") != variant or not sensible(answer):
+                raise Refused(f"pre-traffic check: sample {i} got a nonsense answer: {json.dumps(answer)[:200]}")
+        self.say(f"pre-traffic check passed on {len(self.o.samples)} sample image(s)")
+
+    def bake(self, step: int, alarms: list[str], lock: Lock) -> None:
+        self.say(f"{self.o.variant} at {step}%: baking {self.o.bake_seconds:.0f} s")
+        deadline = time.monotonic() + self.o.bake_seconds
+        while True:
+            lock.check()
+            firing = self.alarms.firing(alarms + self.o.alarms)
+            if firing:
+                raise Refused(f"alarm {', '.join(firing)} during the {step}% step")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(min(self.o.poll_seconds, 1.0))
+
+    # -- the variants strategy -----------------------------------------------------------
+    def roll(self, described: dict, lock: Lock) -> None:
+        variant = self.o.variant
+        current = self.endpoint.config_variants(described["EndpointConfigName"])
         others = [v for v in current if v["VariantName"] != variant]
         if len(current) == 1 and not others:
             self.say(f"{variant} already serves all traffic: nothing to do")
             return
         if len(others) != 1:
-            self.rollback()  # a half-done rollout of another model: back to its old variant first
-            described = self.wait_in_service()
-            current = self.config_variants(described["EndpointConfigName"])
+            self.say(f"a rollout of another model was left half done: {self.rollback()}")
+            described = self.endpoint.wait_in_service()
+            current = self.endpoint.config_variants(described["EndpointConfigName"])
             others = [v for v in current if v["VariantName"] != variant]
-        old = {k: v for k, v in others[0].items() if k in ("VariantName", "ModelName", "InstanceType",
-                                                          "InitialInstanceCount")}
-        canary = self.create_config(name_part(f"{self.endpoint}-{o.version}-canary", 63),
-                                    [{**old, "InitialVariantWeight": 1.0}, {**new, "InitialVariantWeight": 0.0}])
-        if described["EndpointConfigName"] != canary:
-            self.say(f"adding {variant} at weight 0 next to {old['VariantName']}")
-            self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=canary)
-            self.wait_in_service(canary)
-        alarms = self.create_alarms(variant, o)
+        old = {k: v for k, v in others[0].items() if k in VARIANT_FIELDS}
+        canary, final = self.o.config("canary"), self.o.config("final")
+        alarms: list[str] = []
         try:
-            self.pre_traffic_check(variant, o.samples)
-            for step in o.steps:
-                self.set_weights({old["VariantName"]: float(100 - step), variant: float(step)})
-                self.say(f"{variant} at {step}%: baking {o.bake_seconds:.0f} s")
-                deadline = time.monotonic() + o.bake_seconds
-                while time.monotonic() < deadline:
-                    firing = self.alarming(alarms + o.alarms)
-                    if firing:
-                        raise Refused(f"alarm {', '.join(firing)} during the {step}% step")
-                    time.sleep(min(self.poll, 1.0))
-        except (Refused, KeyboardInterrupt) as stop:
-            self.rollback()
-            self.delete_alarms(alarms)
-            if isinstance(stop, KeyboardInterrupt):
-                raise
-            raise Refused(f"rolled back: {stop}") from None
-        final = self.create_config(name_part(f"{self.endpoint}-{o.version}-final", 63),
-                                   [{**new, "InitialVariantWeight": 1.0}])
-        self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=final)
-        self.wait_in_service(final)
-        self.delete_alarms(alarms)
+            self.endpoint.create_config(canary, [{**old, "InitialVariantWeight": 1.0}, self.new_variant(0.0)])
+            if described["EndpointConfigName"] != canary:
+                self.say(f"adding {variant} at weight 0 next to {old['VariantName']}")
+                self.endpoint.update(canary, time.monotonic() + self.update_timeout)
+            alarms = self.alarms.create(variant, self.o.latency_ms, self.o.alarm_period)
+            self.pre_traffic_check()
+            for step in self.o.steps:
+                lock.check()
+                self.endpoint.set_weights({old["VariantName"]: float(100 - step), variant: float(step)},
+                                          time.monotonic() + self.update_timeout)
+                self.bake(step, alarms, lock)
+            self.endpoint.create_config(final, [self.new_variant(1.0)])
+            self.endpoint.update(final, time.monotonic() + self.update_timeout)
+        except BaseException as stop:
+            self.abort(stop, alarms)
         self.say(f"done: {variant} serves all traffic")
-        for name in {described["EndpointConfigName"], canary} - {final}:
-            self.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=name)
-        if old["ModelName"] != new["ModelName"]:
-            self.delete_quietly(self.sm.delete_model, ModelName=old["ModelName"])
+        with signals.shielded("cleaning up after the rollout"):
+            self.endpoint.delete_quietly(self.alarms.delete, names=alarms)
+            for name in {described["EndpointConfigName"], canary} - {final}:
+                self.endpoint.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=name)
+            if old["ModelName"] != self.o.model:
+                self.endpoint.delete_quietly(self.sm.delete_model, ModelName=old["ModelName"])
 
-    def _guardrails(self, described: dict, new: dict, o: Options) -> None:
-        """SageMaker shifts the traffic itself (blue/green), rolling back on our alarms. There is
-        no pre-traffic check here: the first canary step is the first real traffic."""
-        variant = new["VariantName"]
-        old_models = {v["ModelName"] for v in self.config_variants(described["EndpointConfigName"])}
-        final = self.create_config(name_part(f"{self.endpoint}-{o.version}-final", 63),
-                                   [{**new, "InitialVariantWeight": 1.0}])
-        if o.steps == [100]:
-            routing = {"Type": "ALL_AT_ONCE"}
-        elif len(o.steps) == 2:
-            routing = {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": o.steps[0]}}
-        else:
-            routing = {"Type": "LINEAR", "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": o.steps[0]}}
-        routing["WaitIntervalInSeconds"] = int(o.bake_seconds)
-        alarms = self.create_alarms(variant, o)
-        self.say(f"blue/green update to {variant}: {routing['Type']} over steps {o.steps}")
-        self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=final, DeploymentConfig={
-            "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing,
-                                      "TerminationWaitInSeconds": int(o.bake_seconds)},
-            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in alarms + o.alarms]},
-        })
+    def abort(self, stop: BaseException, alarms: list[str]) -> None:
+        """Roll back whatever stopped the rollout, then raise Refused saying why and where
+        the endpoint is now. Signals wait until the rollback is over."""
+        why = cause(stop)
+        with signals.shielded("rolling back"):
+            self.say(f"stopping: {why}")
+            try:
+                state = self.rollback()
+            except Exception as failure:
+                raise Refused(f"{why}; the rollback did not finish ({cause(failure)}): {self.state()}; "
+                              f"run `dagm-deploy rollback --endpoint {self.o.endpoint}`", exit_code(stop)) from None
+            try:
+                self.endpoint.delete_quietly(self.alarms.delete, names=alarms)
+                self.discard_candidate()
+            except (ClientError, BotoCoreError) as error:  # the endpoint is safe; only leftovers remain
+                self.say(f"could not remove the candidate's alarms, configs or model: {error}")
+        if isinstance(stop, (Interrupted, KeyboardInterrupt)):
+            raise Refused(f"{why}: {state}", exit_code(stop)) from None
+        raise Refused(f"rolled back: {why} ({state})", exit_code(stop)) from None
+
+    def rollback(self) -> str:
+        return rollback(self.endpoint, self.update_timeout)
+
+    def discard_candidate(self) -> None:
+        """After a rollback: the rollout's configs and model, unless the endpoint runs them."""
+        described = self.endpoint.describe()
+        live = described["EndpointConfigName"] if described else None
+        for config in {self.o.config("canary"), self.o.config("final")} - {live}:
+            self.endpoint.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=config)
+        if live is None or self.o.model not in {v["ModelName"] for v in self.endpoint.config_variants(live)}:
+            self.endpoint.delete_quietly(self.sm.delete_model, ModelName=self.o.model)
+
+    def state(self) -> str:
+        """One line on where the endpoint is, for messages after a failure."""
         try:
-            self.wait_in_service(final)
-        except Refused as stopped:
-            self.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=final)
-            self.delete_quietly(self.sm.delete_model, ModelName=new["ModelName"])
-            raise Refused(f"rolled back: {stopped}") from None
-        finally:
-            self.delete_alarms(alarms)
-        self.say(f"done: {variant} serves all traffic")
-        self.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=described["EndpointConfigName"])
-        for model in old_models - {new["ModelName"]}:
-            self.delete_quietly(self.sm.delete_model, ModelName=model)
-
-    def rollback(self) -> bool:
-        """Send all traffic back to the old variant and return to a config holding only it."""
-        described = self.describe()
+            described = self.endpoint.describe()
+        except (ClientError, BotoCoreError) as error:
+            return f"the endpoint's state is unknown ({error})"
         if described is None:
-            raise Refused("no such endpoint")
-        if described["EndpointStatus"] != "InService":
-            raise Refused(f"the endpoint is {described['EndpointStatus']}: wait until it is InService")
-        variants = self.config_variants(described["EndpointConfigName"])
-        if len(variants) != 2:
-            self.say("no rollout in progress: nothing to roll back")
-            return False
-        old, new = variants  # the canary config lists the old variant first
-        self.say(f"rolling back: all traffic to {old['VariantName']}")
-        self.set_weights({old["VariantName"]: 1.0, new["VariantName"]: 0.0})
-        config = self.create_config(name_part(f"{self.endpoint}-{old['VariantName']}-restored", 63),
-                                    [{**{k: v for k, v in old.items() if k != "InitialVariantWeight"},
-                                      "InitialVariantWeight": 1.0}])
-        self.sm.update_endpoint(EndpointName=self.endpoint, EndpointConfigName=config)
-        self.wait_in_service(config)
-        self.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=described["EndpointConfigName"])
-        self.delete_quietly(self.sm.delete_model, ModelName=new["ModelName"])
-        self.say(f"rolled back to {old['VariantName']}")
-        return True
-
-    def delete_alarms(self, names: list[str]) -> None:
-        self.delete_quietly(self.cloudwatch.delete_alarms, AlarmNames=names)
-
-    @staticmethod
-    def delete_quietly(call, **kwargs) -> None:
-        try:
-            call(**kwargs)
-        except ClientError:
-            pass
-
-    def autoscale(self, variant: str, minimum: int, maximum: int, target: float,
-                  scale_in_cooldown: int, scale_out_cooldown: int) -> None:
-        """Target tracking on SageMakerVariantInvocationsPerInstance for one variant."""
-        described = self.describe()
-        if described is None:
-            raise Refused("no such endpoint")
-        names = [v["VariantName"] for v in described.get("ProductionVariants", [])]
-        if variant not in names:
-            raise Refused(f"variant {variant!r} is not on the endpoint (it has {', '.join(names)})")
-        if not 1 <= minimum <= maximum:
-            raise Refused(f"--min {minimum} / --max {maximum}: need 1 <= min <= max")
-        scaling = boto3.client("application-autoscaling")
-        resource = f"endpoint/{self.endpoint}/variant/{variant}"
-        dimension = "sagemaker:variant:DesiredInstanceCount"
-        scaling.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource,
-                                         ScalableDimension=dimension, MinCapacity=minimum, MaxCapacity=maximum)
-        scaling.put_scaling_policy(
-            PolicyName=f"{self.endpoint}-{variant}-invocations", ServiceNamespace="sagemaker",
-            ResourceId=resource, ScalableDimension=dimension, PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration={
-                "TargetValue": target,
-                "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-                "ScaleInCooldown": scale_in_cooldown, "ScaleOutCooldown": scale_out_cooldown,
-            })
-        self.say(f"{variant}: {minimum}-{maximum} instances, target {target:g} invocations per instance per minute")
-
-    def status(self) -> dict:
-        described = self.describe()
-        if described is None:
-            raise Refused("no such endpoint")
-        variants = []
-        for given, live in zip(self.config_variants(described["EndpointConfigName"]),
-                               described.get("ProductionVariants", [])):
-            model = self.sm.describe_model(ModelName=given["ModelName"]).get("PrimaryContainer", {})
-            variants.append({"variant": given["VariantName"], "weight": live.get("CurrentWeight"),
-                             "instances": live.get("CurrentInstanceCount"), "model": given["ModelName"],
-                             "image": model.get("Image"), "model_data": model.get("ModelDataUrl"),
-                             "alarms": {a["AlarmName"]: a["StateValue"] for a in self.cloudwatch.describe_alarms(
-                                 AlarmNames=self.alarm_names(given["VariantName"]))["MetricAlarms"]}})
-        return {"endpoint": self.endpoint, "status": described["EndpointStatus"],
-                "config": described["EndpointConfigName"], "failure_reason": described.get("FailureReason"),
-                "variants": variants}
-
-    def delete(self) -> None:
-        described = self.describe()
-        if described is None:
-            raise Refused("no such endpoint")
-        variants = self.config_variants(described["EndpointConfigName"])
-        self.sm.delete_endpoint(EndpointName=self.endpoint)
-        self.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=described["EndpointConfigName"])
-        for variant in variants:
-            self.delete_quietly(self.sm.delete_model, ModelName=variant["ModelName"])
-            self.delete_alarms(self.alarm_names(variant["VariantName"]))
-        self.say("deleted")
+            return "the endpoint does not exist"
+        weights = ", ".join(f"{v['VariantName']} at weight {v.get('CurrentWeight')}"
+                            for v in described.get("ProductionVariants", []))
+        return f"the endpoint is {described['EndpointStatus']} on config {described['EndpointConfigName']} ({weights})"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    deploy = commands.add_parser("deploy", help="roll a new model onto the endpoint")
-    for name in ("status", "rollback", "delete"):
-        commands.add_parser(name).add_argument("--endpoint", required=True)
-    scale = commands.add_parser("autoscale", help="target-tracking autoscaling for one variant")
-    scale.add_argument("--endpoint", required=True)
-    scale.add_argument("--variant", required=True)
-    scale.add_argument("--min", type=int, required=True, dest="minimum")
-    scale.add_argument("--max", type=int, required=True, dest="maximum")
-    scale.add_argument("--target-invocations", type=float, required=True,
-                       help="SageMakerVariantInvocationsPerInstance to hold (per minute)")
-    scale.add_argument("--scale-in-cooldown", type=int, default=300)
-    scale.add_argument("--scale-out-cooldown", type=int, default=60)
-    deploy.add_argument("--endpoint", required=True)
-    deploy.add_argument("--image", required=True, help="serving image URI")
-    deploy.add_argument("--model-data", required=True, help="s3:// URI of model.tar.gz")
-    deploy.add_argument("--role", required=True, help="SageMaker execution role ARN")
-    deploy.add_argument("--version", help="names the model and variant (default: the image tag)")
-    deploy.add_argument("--instance-type", default="ml.m5.large")
-    deploy.add_argument("--instance-count", type=int, default=1)
-    deploy.add_argument("--steps", default="10,50,100", help="traffic percentages for the new variant")
-    deploy.add_argument("--bake-seconds", type=float, default=300)
-    deploy.add_argument("--alarms", default="", help="more CloudWatch alarms to watch, comma-separated")
-    deploy.add_argument("--samples", nargs="*", default=[], help="PNG images for the pre-traffic check")
-    deploy.add_argument("--latency-ms", type=float, default=2000, help="ModelLatency alarm threshold")
-    deploy.add_argument("--alarm-period", type=int, default=60, help="seconds per alarm evaluation")
-    deploy.add_argument("--poll-seconds", type=float, default=15)
-    deploy.add_argument("--model-env", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="more environment for the model's container, e.g. DAGM_SERVER_BATCH_SIZE=32")
-    deploy.add_argument("--strategy", choices=["variants", "guardrails"], default="variants",
-                        help="variants: this script shifts weights; guardrails: SageMaker's blue/green DeploymentConfig")
-    return parser.parse_args(argv)
+def rollback(endpoint: Endpoint, update_timeout: float) -> str:
+    """All traffic back on the old variant, then a config holding only it; says where
+    the endpoint ends. Idempotent steps, retried through AWS errors."""
+    retry_until = time.monotonic() + ROLLBACK_RETRY_SECONDS
+
+    def settled() -> tuple[dict, list[dict]]:
+        described = endpoint.wait_in_service(deadline=time.monotonic() + update_timeout)
+        return described, endpoint.config_variants(described["EndpointConfigName"])
+
+    described, variants = aws.until(retry_until, settled, "reading the endpoint", endpoint.say)
+    if len(variants) != 2:
+        return f"{variants[0]['VariantName']} serves all traffic (config {described['EndpointConfigName']})"
+    old, new = variants  # the canary config lists the old variant first
+
+    def traffic_back() -> None:
+        live, _ = settled()
+        weights = {v["VariantName"]: v.get("CurrentWeight") for v in live.get("ProductionVariants", [])}
+        if weights.get(new["VariantName"]) != 0.0:
+            endpoint.say(f"rolling back: all traffic to {old['VariantName']}")
+            endpoint.set_weights({old["VariantName"]: 1.0, new["VariantName"]: 0.0},
+                                 time.monotonic() + update_timeout)
+
+    aws.until(retry_until, traffic_back, "moving traffic back", endpoint.say)
+    restored = name_part(f"{endpoint.name}-{old['VariantName']}-restored", 63)
+
+    def old_config() -> None:
+        live, _ = settled()
+        if live["EndpointConfigName"] != restored:
+            endpoint.create_config(restored, [{**{k: old[k] for k in VARIANT_FIELDS}, "InitialVariantWeight": 1.0}])
+            endpoint.update(restored, time.monotonic() + update_timeout)
+
+    aws.until(time.monotonic() + ROLLBACK_RETRY_SECONDS, old_config, "restoring the old config", endpoint.say)
+    endpoint.delete_quietly(endpoint.sm.delete_endpoint_config, EndpointConfigName=described["EndpointConfigName"])
+    if new["ModelName"] != old["ModelName"]:
+        endpoint.delete_quietly(endpoint.sm.delete_model, ModelName=new["ModelName"])
+    endpoint.say(f"rolled back to {old['VariantName']}")
+    return f"all traffic is back on the old variant {old['VariantName']} (config {restored})"
 
 
-def options(args: argparse.Namespace) -> Options:
-    try:
-        steps = [int(s) for s in args.steps.split(",")]
-    except ValueError:
-        raise Refused(f"--steps {args.steps!r}: expected percentages like 10,50,100") from None
-    if not steps or steps != sorted(steps) or not 0 < steps[0] <= steps[-1] == 100:
-        raise Refused(f"--steps {args.steps!r}: rising percentages from 1 that end at 100")
-    if not args.model_data.startswith("s3://"):
-        raise Refused(f"--model-data {args.model_data!r}: expected an s3:// URI")
-    samples = []
-    for path in args.samples:
-        try:
-            with open(path, "rb") as handle:
-                samples.append(handle.read())
-        except OSError as exc:
-            raise Refused(f"--samples: {exc}") from None
-    model_env = {}
-    for item in args.model_env:
-        key, sep, value = item.partition("=")
-        if not key or not sep:
-            raise Refused(f"--model-env {item!r}: expected KEY=VALUE")
-        model_env[key] = value
-    version = args.version or args.image.rpartition(":")[2] or str(int(time.time()))
-    return Options(args.endpoint, args.image, args.model_data, args.role, name_part(version, 40),
-                   args.instance_type, args.instance_count, steps, args.bake_seconds,
-                   [a for a in args.alarms.split(",") if a], samples or [sample_png()], args.latency_ms,
-                   args.alarm_period, args.strategy, model_env)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        wanted = options(args) if args.command == "deploy" else None
-        deployer = Deployer(args.endpoint, getattr(args, "poll_seconds", 15.0))
-        if wanted is not None:
-            deployer.deploy(wanted)
-        elif args.command == "status":
-            print(json.dumps(deployer.status(), indent=2, default=str))
-        elif args.command == "autoscale":
-            deployer.autoscale(args.variant, args.minimum, args.maximum, args.target_invocations,
-                               args.scale_in_cooldown, args.scale_out_cooldown)
-        elif args.command == "rollback":
-            deployer.rollback()
-            deployer.unlock()  # the operator's call: a crashed deploy's lock goes too
-        else:
-            deployer.delete()
-    except Refused as refused:
-        print(f"deploy: {refused}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("deploy: interrupted; traffic is back on the old variant", file=sys.stderr)
-        return 130
-    except (ClientError, BotoCoreError) as error:
-        print(f"deploy: AWS error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def sensible(answer) -> bool:
+    """One prediction whose score is a probability."""
+    predictions = answer.get("predictions") if isinstance(answer, dict) else None
+    if not isinstance(predictions, list) or len(predictions) != 1 or not isinstance(predictions[0], dict):
+        return False
+    score = predictions[0].get("score")
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 1.0

@@ -1,11 +1,11 @@
 """The pipeline's Train stage: a SageMaker training job with the pushed training image,
 a wait, and a quality gate.
 
-    python deploy/train_stage.py --images images.json --data s3://BUCKET/dagm/ \
+    dagm-train-stage --images images.json --data s3://BUCKET/dagm/ \
         --output s3://BUCKET/models --role ARN [--job-name NAME] [--min-ap 0.9]
         [--instance-type ml.g5.xlarge] [--hyperparameters '{"epochs": "20"}'] [--result train.json]
 
-boto3 alone (AWS_ENDPOINT_URL works, as for deploy.py). The job's `evaluation.json`
+boto3 alone (AWS_ENDPOINT_URL works, as for dagm-deploy). The job's `evaluation.json`
 (inside output.tar.gz) must show an overall test AP of at least --min-ap. Exit 0 and
 --result (JSON: job, model_data, test_ap) when the model passes; 1 with a one-line reason
 on a failed job or a model below the gate.
@@ -21,8 +21,8 @@ import time
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-import training_job
-from s3_objects import split
+from dagm_deploy import training_job
+from dagm_deploy.s3_objects import split
 
 
 class StageFailed(Exception):

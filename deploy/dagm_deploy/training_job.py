@@ -10,7 +10,7 @@ import time
 
 from botocore.exceptions import ClientError
 
-from s3_objects import split
+from dagm_deploy.s3_objects import split
 
 
 class JobFailed(Exception):

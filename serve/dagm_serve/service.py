@@ -17,7 +17,7 @@ import torch
 
 from dagm_defects.device import Device
 from dagm_serve import wire
-from dagm_serve.drift import InputWatch
+from dagm_serve.input_watch import InputWatch
 from dagm_serve.environment import ServingSettings
 from dagm_serve.predictor import Predictor
 

@@ -1,0 +1,5 @@
+import sys
+
+from dagm_deploy.cli import main
+
+sys.exit(main())

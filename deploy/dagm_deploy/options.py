@@ -1,0 +1,101 @@
+"""What a rollout is asked to do, parsed once from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from dagm_deploy.errors import Refused
+
+
+def name_part(text: str, limit: int) -> str:
+    """SageMaker names: letters, digits and hyphens, at most 63 characters."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", text).strip("-")[:limit].strip("-") or "v"
+
+
+def sample_png(size: int = 64) -> bytes:
+    """A gray test image, written with the standard library (the deploy tools need only boto3)."""
+    raw = b"".join(b"\x00" + bytes([128]) * size for _ in range(size))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@dataclass
+class Options:
+    endpoint: str
+    image: str
+    model_data: str
+    role: str
+    version: str
+    instance_type: str = "ml.m5.large"
+    instance_count: int = 1
+    steps: list[int] = field(default_factory=lambda: [10, 50, 100])
+    bake_seconds: float = 300
+    alarms: list[str] = field(default_factory=list)
+    samples: list[bytes] = field(default_factory=lambda: [sample_png()])
+    latency_ms: float = 2000
+    alarm_period: int = 60
+    strategy: str = "variants"
+    # More container environment for the new model (DAGM_* serving settings).
+    model_env: dict[str, str] = field(default_factory=dict)
+    poll_seconds: float = 15
+    # Seconds one pre-traffic InvokeEndpoint may take before the candidate is refused.
+    check_timeout: float = 60
+    lock_table: str = "dagm-deploy-locks"
+    lease_seconds: float = 300
+
+    @property
+    def model(self) -> str:
+        return name_part(f"{self.endpoint}-{self.version}", 63)
+
+    @property
+    def variant(self) -> str:
+        return name_part(f"v-{self.version}", 63)
+
+    def config(self, stage: str) -> str:
+        """The endpoint config of one stage of this rollout (canary, final)."""
+        return name_part(f"{self.endpoint}-{self.version}-{stage}", 63)
+
+
+def steps(text: str) -> list[int]:
+    try:
+        parsed = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise Refused(f"--steps {text!r}: expected percentages like 10,50,100") from None
+    if not parsed or parsed != sorted(parsed) or not 0 < parsed[0] <= parsed[-1] == 100:
+        raise Refused(f"--steps {text!r}: rising percentages from 1 that end at 100")
+    return parsed
+
+
+def from_args(args: argparse.Namespace) -> Options:
+    if not args.model_data.startswith("s3://"):
+        raise Refused(f"--model-data {args.model_data!r}: expected an s3:// URI")
+    samples = []
+    for path in args.samples:
+        try:
+            with open(path, "rb") as handle:
+                samples.append(handle.read())
+        except OSError as exc:
+            raise Refused(f"--samples: {exc}") from None
+    model_env = {}
+    for item in args.model_env:
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            raise Refused(f"--model-env {item!r}: expected KEY=VALUE")
+        model_env[key] = value
+    if not args.lease_seconds >= 10:
+        raise Refused(f"--lease-seconds {args.lease_seconds:g}: expected at least 10")
+    version = args.version or args.image.rpartition(":")[2] or str(int(time.time()))
+    return Options(args.endpoint, args.image, args.model_data, args.role, name_part(version, 40),
+                   args.instance_type, args.instance_count, steps(args.steps), args.bake_seconds,
+                   [a for a in args.alarms.split(",") if a], samples or [sample_png()], args.latency_ms,
+                   args.alarm_period, args.strategy, model_env, args.poll_seconds, args.check_timeout,
+                   args.lock_table, args.lease_seconds)
