@@ -161,15 +161,18 @@ def test_a_candidate_failing_the_pre_traffic_check_never_sees_user_traffic(local
 def test_ctrl_c_during_a_bake_rolls_back(local_aws, models):
     first_deploy(local_aws, "interrupted", models["v1"])
     command = deploy_command(local_aws, "interrupted", "v2", models["v2"], "--steps", "50,100", "--bake-seconds", "600")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=aws_env(local_aws))
-    deadline = time.monotonic() + 120
-    while variants_of(local_aws, "interrupted").get("v-v2") != 50.0:
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "traffic is back on the old variant" in stderr
+    with Load(local_aws, "interrupted") as load:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=aws_env(local_aws))
+        deadline = time.monotonic() + 120
+        while variants_of(local_aws, "interrupted").get("v-v2") != 50.0:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted by SIGINT: all traffic is back on the old variant" in stderr
     assert variants_of(local_aws, "interrupted") == {"v-v1": 1.0}
+    assert not load.failures, load.failures[:5]
 
 
 def test_a_candidate_that_degrades_under_traffic_is_rolled_back_by_its_alarm(local_aws, models):
@@ -189,21 +192,23 @@ def test_a_crashed_deploy_holds_the_lock_until_its_lease_expires_then_the_next_o
     first_deploy(local_aws, "resumed", models["v1"])
     long_bake = deploy_command(local_aws, "resumed", "v2", models["v2"], "--steps", "50,100", "--bake-seconds", "600",
                                "--lease-seconds", "10")
-    first = subprocess.Popen(long_bake, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=aws_env(local_aws), start_new_session=True)
-    deadline = time.monotonic() + 120
-    while variants_of(local_aws, "resumed").get("v-v2") != 50.0:
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.3)
-    os.killpg(first.pid, signal.SIGKILL)  # a crash mid-bake: canary config and lock left behind
-    first.wait()
-    crashed = time.monotonic()
-    assert variants_of(local_aws, "resumed") == {"v-v1": 50.0, "v-v2": 50.0}
-    second = run(local_aws, *deploy_command(local_aws, "resumed", "v2", models["v2"]))
-    assert second.returncode == 1 and "another deploy (" in second.stderr and "lease ends in" in second.stderr
+    with Load(local_aws, "resumed") as load:
+        first = subprocess.Popen(long_bake, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=aws_env(local_aws), start_new_session=True)
+        deadline = time.monotonic() + 120
+        while variants_of(local_aws, "resumed").get("v-v2") != 50.0:
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.3)
+        os.killpg(first.pid, signal.SIGKILL)  # a crash mid-bake: canary config and lock left behind
+        first.wait()
+        crashed = time.monotonic()
+        assert variants_of(local_aws, "resumed") == {"v-v1": 50.0, "v-v2": 50.0}
+        second = run(local_aws, *deploy_command(local_aws, "resumed", "v2", models["v2"]))
+        assert second.returncode == 1 and "another deploy (" in second.stderr and "lease ends in" in second.stderr
 
-    time.sleep(max(0.0, crashed + 11 - time.monotonic()))
-    again = run(local_aws, *deploy_command(local_aws, "resumed", "v2", models["v2"], "--steps", "100"))
+        time.sleep(max(0.0, crashed + 11 - time.monotonic()))
+        again = run(local_aws, *deploy_command(local_aws, "resumed", "v2", models["v2"], "--steps", "100"))
+    assert not load.failures, load.failures[:5]
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"took over the lock of {os.uname().nodename}/{first.pid}/" in again.stdout
     assert variants_of(local_aws, "resumed") == {"v-v2": 1.0}

@@ -220,12 +220,13 @@ def test_of_two_deploys_started_together_exactly_one_proceeds(local_aws, endpoin
 
 def test_guardrails_interrupted_keeps_its_alarms_and_says_where_the_endpoint_is(
         local_aws, endpoint, models, version):
-    deploy = Running(local_aws, candidate(local_aws, models, version, "--strategy", "guardrails",
-                                          "--steps", "50,100", "--bake-seconds", "4"))
-    deploy.wait_for(f"blue/green update to v-{version}")
-    time.sleep(1)  # UpdateEndpoint sent; the green fleet is starting
-    deploy.signal(signal.SIGTERM)
-    code, stderr = deploy.finish(timeout=60)
+    with Load(local_aws, ENDPOINT) as load:
+        deploy = Running(local_aws, candidate(local_aws, models, version, "--strategy", "guardrails",
+                                              "--steps", "50,100", "--bake-seconds", "4"))
+        deploy.wait_for(f"blue/green update to v-{version}")
+        time.sleep(1)  # UpdateEndpoint sent; the green fleet is starting
+        deploy.signal(signal.SIGTERM)
+        code, stderr = deploy.finish(timeout=60)
     assert code == 143, stderr
     assert "interrupted by SIGTERM: the endpoint is Updating" in stderr
     assert f"SageMaker finishes or rolls back the blue/green update to v-{version} by itself" in stderr
@@ -236,9 +237,11 @@ def test_guardrails_interrupted_keeps_its_alarms_and_says_where_the_endpoint_is(
 
     sagemaker = aws_client(local_aws, "sagemaker")
     deadline = time.monotonic() + 120
-    while sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] != "InService":
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    with Load(local_aws, ENDPOINT) as finishing:
+        while sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] != "InService":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    assert not load.failures and not finishing.failures, (load.failures + finishing.failures)[:5]
     assert variants_of(local_aws, ENDPOINT) == {f"v-{version}": 1.0}  # SageMaker finished it
     again = run(local_aws, *candidate(local_aws, models, version))
     assert again.returncode == 0 and f"v-{version} already serves all traffic" in again.stdout, again.stdout + again.stderr

@@ -48,10 +48,12 @@ class Rollout:
     def run(self) -> None:
         """Deploy `o`; Refused (with its exit code) when it did not complete."""
         with signals.interruptible():
+            lock = Lock(self.o.lock_table, self.o.endpoint, self.o.lease_seconds, self.say)
             try:
-                lock = Lock(self.o.lock_table, self.o.endpoint, self.o.lease_seconds, self.say)
                 lock.acquire()
-            except (Interrupted, KeyboardInterrupt) as stop:
+            except (Interrupted, KeyboardInterrupt) as stop:  # the put may have gone through: undo it
+                with signals.shielded("releasing the deploy lock"):
+                    lock.release()
                 raise Refused(f"{cause(stop)} before the rollout began: nothing changed", exit_code(stop)) from None
             try:
                 self._run(lock)
