@@ -304,10 +304,16 @@ def aws_env(url: str) -> dict[str, str]:
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
-def aws_client(url: str, service: str):
-    """A boto3 client for the local AWS at `url`."""
+# One attempt per call, no retry (`max_attempts` counts retries; this key counts attempts).
+ONCE = {"total_max_attempts": 1, "mode": "standard"}
+
+
+def aws_client(url: str, service: str, retries: dict | None = None, **config):
+    """A boto3 client for the local AWS at `url`: one retry per call unless `retries` says
+    otherwise (ONCE: none); `config` adds botocore Config options, e.g. read_timeout=1."""
     return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing", config=Config(retries={"max_attempts": 1}))
+                        aws_secret_access_key="testing",
+                        config=Config(retries=retries or {"max_attempts": 1}, **config))
 
 
 def model_tarball(model_dir: Path) -> bytes:
@@ -366,15 +372,6 @@ def npy(array: np.ndarray) -> bytes:
 def noise_png(seed: int = 0, size: int = 128) -> bytes:
     """A PNG of random pixels: an image the model answers without any special case."""
     return png(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8))
-
-
-def aws_client_once(url: str, service: str, **config):
-    """A boto3 client for the local AWS that makes one attempt per call, no retry (aws_client's
-    Config(retries={"max_attempts": 1}) allows one retry: that key counts retries); `config`
-    adds botocore Config options, e.g. read_timeout=1."""
-    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing",
-                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, **config))
 
 
 def _faults_call(url: str, method: str, path: str = "", body: dict | None = None):

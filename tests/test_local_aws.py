@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from conftest import aws_client as client
-from conftest import TINY_HPS, aws_client_once, listed_faults, model_tarball, noise_png, upload
+from conftest import ONCE, TINY_HPS, listed_faults, model_tarball, noise_png, upload
 
 pytestmark = pytest.mark.slow
 
@@ -216,7 +216,7 @@ def test_an_injected_error_reaches_boto3_in_each_wire_format(local_aws, faults, 
     service, method, kwargs, code, status = WIRE_FORMATS[protocol]
     action = "".join(part.title() for part in method.split("_"))
     faults.add(service=service, action=action, error=code)
-    assert error_of(getattr(aws_client_once(local_aws, service), method), **kwargs) == (code, status)
+    assert error_of(getattr(client(local_aws, service, ONCE), method), **kwargs) == (code, status)
     assert faults.fired() == [1]
 
 
@@ -232,7 +232,7 @@ def test_the_fault_api_refuses_a_fault_it_cannot_apply(local_aws, faults):
 
 
 def test_a_throttled_call_then_skip_and_times(local_aws, faults):
-    sagemaker = aws_client_once(local_aws, "sagemaker")
+    sagemaker = client(local_aws, "sagemaker", ONCE)
     # Passed on, DescribeEndpoint of a missing endpoint is moto's ValidationError.
     faults.add(service="sagemaker", action="DescribeEndpoint", endpoint="elsewhere", error="ThrottlingException",
                times=0)
@@ -251,7 +251,7 @@ def test_a_throttled_call_then_skip_and_times(local_aws, faults):
 
 
 def test_a_throttled_dynamodb_put_item_writes_nothing(local_aws, faults):
-    dynamodb = aws_client_once(local_aws, "dynamodb")
+    dynamodb = client(local_aws, "dynamodb", ONCE)
     dynamodb.create_table(TableName="fault-items", BillingMode="PAY_PER_REQUEST",
                           KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
                           AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
@@ -267,7 +267,7 @@ def test_a_throttled_dynamodb_put_item_writes_nothing(local_aws, faults):
 
 def test_a_delay_makes_a_read_time_out(local_aws, faults):
     faults.add(service="sagemaker", action="ListEndpoints", delay_s=2)
-    impatient = aws_client_once(local_aws, "sagemaker", read_timeout=0.5)
+    impatient = client(local_aws, "sagemaker", ONCE, read_timeout=0.5)
     started = time.monotonic()
     with pytest.raises(ReadTimeoutError):
         impatient.list_endpoints()
@@ -295,7 +295,7 @@ def timed_invoke(url: str, endpoint: str, **extra) -> tuple[str, float]:
 def test_a_throttled_update_endpoint_weights_leaves_the_weights(local_aws, faulty, faults):
     faults.add(service="sagemaker", action="UpdateEndpointWeightsAndCapacities", endpoint=faulty,
                error="ThrottlingException")
-    sagemaker = aws_client_once(local_aws, "sagemaker")
+    sagemaker = client(local_aws, "sagemaker", ONCE)
     assert error_of(sagemaker.update_endpoint_weights_and_capacities, EndpointName=faulty,
                     DesiredWeightsAndCapacities=[{"VariantName": "B", "DesiredWeight": 1.0}]) == (
         "ThrottlingException", 400)
@@ -350,7 +350,7 @@ def test_a_variant_answering_500_is_a_model_error_in_the_metrics(local_aws, faul
 
 def test_a_hung_variant_answers_once_the_fault_is_removed(local_aws, faulty, faults):
     hang = faults.add(endpoint=faulty, variant="A", hang=True)
-    impatient = aws_client_once(local_aws, "sagemaker-runtime", read_timeout=1)
+    impatient = client(local_aws, "sagemaker-runtime", ONCE, read_timeout=1)
     with pytest.raises(ReadTimeoutError):
         impatient.invoke_endpoint(EndpointName=faulty, ContentType="image/png", Body=noise_png())
     assert invoke(local_aws, faulty, TargetVariant="B")[0] == "B"  # the other variant answers

@@ -26,15 +26,14 @@ class Alarms:
                                          **common)
         return [five, latency]
 
-    def firing(self, names: list[str]) -> list[str]:
+    def states(self, names: list[str]) -> dict[str, str]:
         if not names:
-            return []
+            return {}
         alarms = self.cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
-        return [a["AlarmName"] for a in alarms if a["StateValue"] == "ALARM"]
-
-    def states(self, variant: str) -> dict[str, str]:
-        alarms = self.cloudwatch.describe_alarms(AlarmNames=self.names(variant))["MetricAlarms"]
         return {a["AlarmName"]: a["StateValue"] for a in alarms}
+
+    def firing(self, names: list[str]) -> list[str]:
+        return [name for name, state in self.states(names).items() if state == "ALARM"]
 
     def delete(self, names: list[str]) -> None:
         if names:

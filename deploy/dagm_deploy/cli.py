@@ -31,7 +31,7 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dagm_deploy import options, signals
+from dagm_deploy import aws, options, signals
 from dagm_deploy.autoscaling import Scaling, autoscale
 from dagm_deploy.endpoint import Endpoint
 from dagm_deploy.errors import Interrupted, Refused
@@ -103,15 +103,16 @@ def locked_rollback(args: argparse.Namespace, endpoint: Endpoint) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    endpoint = Endpoint(args.endpoint, args.poll_seconds)
-    if args.command == "deploy":
+    if args.command == "deploy":  # the options first: a bad one is named before any AWS client exists
         Rollout(options.from_args(args), args.update_timeout).run()
-    elif args.command == "status":
+        return
+    endpoint = Endpoint(args.endpoint, args.poll_seconds)
+    if args.command == "status":
         print(json.dumps(status(endpoint, args.lock_table), indent=2, default=str))
     elif args.command == "rollback":
         locked_rollback(args, endpoint)
     elif args.command == "unlock":
-        unlock(args.lock_table, args.endpoint, args.owner)
+        unlock(aws.control("dynamodb"), args.lock_table, args.endpoint, args.owner)
         endpoint.say(f"lock of {args.owner} removed")
     elif args.command == "autoscale":
         autoscale(endpoint, Scaling(args.variant, args.minimum, args.maximum, args.target_invocations,

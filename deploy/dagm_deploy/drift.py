@@ -110,7 +110,7 @@ def judge(endpoint: str, variant: dict, minutes: int, threshold: float, s3, clou
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dagm-drift", description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--variant", help="default: every variant of the endpoint")
     parser.add_argument("--minutes", type=int, default=60, help="how far back recent inputs go")

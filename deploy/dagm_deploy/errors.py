@@ -30,8 +30,6 @@ class Interrupted(BaseException):
 def cause(stop: BaseException) -> str:
     if isinstance(stop, Interrupted):
         return f"interrupted by {stop}"
-    if isinstance(stop, KeyboardInterrupt):
-        return "interrupted by SIGINT"
     if isinstance(stop, Refused):
         return str(stop)
     return f"{type(stop).__name__}: {stop}".replace("\n", " ")
@@ -40,4 +38,4 @@ def cause(stop: BaseException) -> str:
 def exit_code(stop: BaseException) -> int:
     if isinstance(stop, (Interrupted, Refused)):
         return stop.exit_code
-    return 130 if isinstance(stop, KeyboardInterrupt) else 1
+    return 1

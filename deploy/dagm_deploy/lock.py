@@ -62,9 +62,8 @@ def describe(held: dict) -> str:
     return f"{held['owner']}, started {now - held['since']:.0f} s ago, {lease}"
 
 
-def unlock(table: str, endpoint: str, owner: str) -> None:
+def unlock(dynamodb, table: str, endpoint: str, owner: str) -> None:
     """Remove the lock on `endpoint` if `owner` holds it; Refused naming the holder if not."""
-    dynamodb = aws.control("dynamodb")
     try:
         dynamodb.delete_item(TableName=table, Key={"Endpoint": {"S": endpoint}},
                              ConditionExpression="#o = :me", ExpressionAttributeNames={"#o": "Owner"},
@@ -109,26 +108,21 @@ class Lock:
         self.thread.start()
 
     def _renew(self) -> None:
-        dynamodb = aws.control("dynamodb")
         good_until = time.time() + self.lease
         while not self.stop.wait(self.lease / 3):
             now = time.time()
             try:
-                dynamodb.update_item(
+                self.dynamodb.update_item(
                     TableName=self.table, Key={"Endpoint": {"S": self.endpoint}},
                     UpdateExpression="SET #e = :until", ConditionExpression="#o = :me",
                     ExpressionAttributeNames={"#e": "Expires", "#o": "Owner"},
                     ExpressionAttributeValues={":until": {"N": f"{now + self.lease:.3f}"}, ":me": {"S": self.owner}})
                 good_until = now + self.lease
-            except ClientError as error:
-                if _conditional_failure(error):
+            except (ClientError, BotoCoreError) as error:
+                if isinstance(error, ClientError) and _conditional_failure(error):
                     self.lost = "another deploy took the lock over"
                     return
-                if now > good_until:
-                    self.lost = f"the lease could not be renewed before it expired ({error})"
-                    return
-            except BotoCoreError as error:
-                if now > good_until:
+                if now > good_until:  # a passing error is tried again at the next renewal
                     self.lost = f"the lease could not be renewed before it expired ({error})"
                     return
 
@@ -142,7 +136,7 @@ class Lock:
         if self.thread is not None:
             self.thread.join()
         try:
-            aws.until(time.monotonic() + 30, lambda: unlock(self.table, self.endpoint, self.owner),
+            aws.until(time.monotonic() + 30, lambda: unlock(self.dynamodb, self.table, self.endpoint, self.owner),
                       "releasing the lock", self.say)
         except Refused as refused:
             self.say(f"lock not released: {refused}")

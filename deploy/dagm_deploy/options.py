@@ -66,12 +66,13 @@ class Options:
 
 
 def steps(text: str) -> list[int]:
+    """Traffic percentages like 10,50,100; ValueError saying what they must be."""
     try:
         parsed = [int(s) for s in text.split(",")]
     except ValueError:
-        raise Refused(f"--steps {text!r}: expected percentages like 10,50,100") from None
+        raise ValueError("expected percentages like 10,50,100") from None
     if not parsed or parsed != sorted(parsed) or not 0 < parsed[0] <= parsed[-1] == 100:
-        raise Refused(f"--steps {text!r}: rising percentages from 1 that end at 100")
+        raise ValueError("rising percentages from 1 that end at 100")
     return parsed
 
 
@@ -93,9 +94,13 @@ def from_args(args: argparse.Namespace) -> Options:
         model_env[key] = value
     if not args.lease_seconds >= 10:
         raise Refused(f"--lease-seconds {args.lease_seconds:g}: expected at least 10")
+    try:
+        percentages = steps(args.steps)
+    except ValueError as exc:
+        raise Refused(f"--steps {args.steps!r}: {exc}") from None
     version = args.version or args.image.rpartition(":")[2] or str(int(time.time()))
     return Options(args.endpoint, args.image, args.model_data, args.role, name_part(version, 40),
-                   args.instance_type, args.instance_count, steps(args.steps), args.bake_seconds,
+                   args.instance_type, args.instance_count, percentages, args.bake_seconds,
                    [a for a in args.alarms.split(",") if a], samples or [sample_png()], args.latency_ms,
                    args.alarm_period, args.strategy, model_env, args.poll_seconds, args.check_timeout,
                    args.lock_table, args.lease_seconds)

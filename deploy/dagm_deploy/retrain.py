@@ -45,7 +45,7 @@ from dagm_deploy import training_job
 from dagm_defects.data.profile import ProfileReport, validate_profile
 from dagm_deploy.endpoint import Endpoint
 from dagm_deploy.errors import Refused
-from dagm_deploy.options import Options, name_part
+from dagm_deploy.options import Options, name_part, steps
 from dagm_deploy.rollout import Rollout
 from dagm_deploy.status import status
 
@@ -208,7 +208,7 @@ def oldest_waiting(prefix: str) -> str | None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dagm-retrain", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a dataset profile and everything it lists")
     validate.add_argument("--profile", required=True, help="a .csv or .txt profile: a path or an s3:// URI")
@@ -254,12 +254,9 @@ def _hyperparameters(text: str) -> dict[str, str]:
 
 def _steps(text: str) -> list[int]:
     try:
-        steps = [int(s) for s in text.split(",")]
-    except ValueError:
-        steps = []
-    if not steps or steps != sorted(steps) or not 0 < steps[0] <= steps[-1] == 100:
-        raise argparse.ArgumentTypeError(f"{text!r}: rising percentages from 1 that end at 100")
-    return steps
+        return steps(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

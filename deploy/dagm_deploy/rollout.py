@@ -51,13 +51,13 @@ class Rollout:
             lock = Lock(self.o.lock_table, self.o.endpoint, self.o.lease_seconds, self.say)
             try:
                 lock.acquire()
-            except (Interrupted, KeyboardInterrupt) as stop:  # the put may have gone through: undo it
+            except Interrupted as stop:  # the put may have gone through: undo it
                 with signals.shielded("releasing the deploy lock"):
                     lock.release()
                 raise Refused(f"{cause(stop)} before the rollout began: nothing changed", exit_code(stop)) from None
             try:
                 self._run(lock)
-            except (Interrupted, KeyboardInterrupt) as stop:  # before anything needed undoing
+            except Interrupted as stop:  # before anything needed undoing
                 raise Refused(f"{cause(stop)}: {self.state()}", exit_code(stop)) from None
             finally:
                 with signals.shielded("releasing the deploy lock"):
@@ -186,7 +186,7 @@ class Rollout:
                 self.discard_candidate()
             except (ClientError, BotoCoreError) as error:  # the endpoint is safe; only leftovers remain
                 self.say(f"could not remove the candidate's alarms, configs or model: {error}")
-        if isinstance(stop, (Interrupted, KeyboardInterrupt)):
+        if isinstance(stop, Interrupted):
             raise Refused(f"{why}: {state}", exit_code(stop)) from None
         raise Refused(f"rolled back: {why} ({state})", exit_code(stop)) from None
 

@@ -12,7 +12,7 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from dagm_deploy.errors import Interrupted
 
@@ -20,40 +20,40 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """Within it, SIGTERM and SIGINT raise Interrupted (main thread only: elsewhere the
-    handlers cannot be set and the caller's own handling applies)."""
+def _handled_by(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for SIGTERM and SIGINT within it, then the previous handlers again. Only the
+    main thread can set handlers; elsewhere the caller's own handling applies."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within it, SIGTERM and SIGINT raise Interrupted."""
 
     def interrupt(signum, _frame):
         raise Interrupted(signum)
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in SIGNALS}
-    try:
+    with _handled_by(interrupt):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
 def shielded(what: str) -> Iterator[list[int]]:
     """Signals during `what` are noted (the list it yields) and do not stop it."""
     noted: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield noted
-        return
 
     def note(signum, _frame):
         noted.append(signum)
         print(f"deploy: {signal.Signals(signum).name} received while {what}: finishing that first",
               file=sys.stderr, flush=True)
 
-    previous = {sig: signal.signal(sig, note) for sig in SIGNALS}
-    try:
+    with _handled_by(note):
         yield noted
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -23,7 +23,7 @@ def status(endpoint: Endpoint, lock_table: str | None = None) -> dict:
         variants.append({"variant": given["VariantName"], "weight": live.get("CurrentWeight"),
                          "instances": live.get("CurrentInstanceCount"), "model": given["ModelName"],
                          "image": model.get("Image"), "model_data": model.get("ModelDataUrl"),
-                         "alarms": alarms.states(given["VariantName"])})
+                         "alarms": alarms.states(alarms.names(given["VariantName"]))})
     report = {"endpoint": endpoint.name, "status": described["EndpointStatus"],
               "config": described["EndpointConfigName"], "failure_reason": described.get("FailureReason"),
               "variants": variants}

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dagm-train-stage", description=__doc__.splitlines()[0])
     parser.add_argument("--images", required=True, help="images.json from the build stage")
     parser.add_argument("--data", required=True, help="s3:// prefix of the DAGM data (the train channel)")
     parser.add_argument("--output", required=True, help="s3:// prefix for the job's output")
