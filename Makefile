@@ -1,5 +1,6 @@
 # The two commands a new machine needs: `make demo` and `make test`.
-# Both create .venv from requirements-dev.lock (the runtime lock plus test tools) when it is missing.
+# Both create .venv from requirements-dev.lock (the images' and deploy stages' locks plus test
+# tools) when it is missing, and install the three distributions (code, serve, deploy) editable.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -8,16 +9,22 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench bench-real images local-aws clean
+.PHONY: venv locks demo test bench bench-real images image-test local-aws clean
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.lock requirements-dev.lock pyproject.toml
+$(VENV_STAMP): requirements/train.lock requirements/serve.lock requirements/deploy.lock requirements/local-mode.lock \
+		requirements-dev.lock \
+		code/pyproject.toml serve/pyproject.toml deploy/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade 'pip>=24'
 	$(PY) -m pip install --quiet -r requirements-dev.lock
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ./code -e ./serve -e ./deploy
 	touch $@
+
+# Rewrite requirements/*.lock from the pyproject.toml files and what .venv has installed.
+locks: venv
+	$(PY) requirements/lock.py
 
 demo: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash local_test/demo.sh $(DEMO_DIR)
@@ -37,6 +44,17 @@ bench-real: venv
 # Both images, tagged with the commit and `latest` (needs a Docker daemon).
 images:
 	local_test/build_and_push.sh
+
+# Both images built from the committed Dockerfiles and run for real (local_test/image_test.py):
+# with Docker when a daemon answers, else with buildah on a Debian 12 base made by debootstrap,
+# both installed here from Debian's packages when missing (as root, like CI).
+image-test: venv
+	@if ! docker info >/dev/null 2>&1 && ! { command -v buildah && command -v debootstrap; } >/dev/null; then \
+		echo "installing buildah and debootstrap (Debian packages)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			buildah debootstrap; \
+	fi
+	$(PY) local_test/image_test.py
 
 # A local AWS in the foreground (moto plus real endpoints): AWS_ENDPOINT_URL=http://127.0.0.1:$(PORT)
 PORT ?= 4566

@@ -6,6 +6,8 @@
 # 123456789012.dkr.ecr.eu-west-1.amazonaws.com; log in first), the registry's `latest`
 # is pulled as a build cache, both tags are pushed, and FILE (default images.json) names
 # the pushed image URIs and digests for the deploy stage. buildspec.yml runs this script.
+# The OCI labels: source (SOURCE_URL, else CodeBuild's CODEBUILD_SOURCE_REPO_URL, else the
+# git remote), revision (the full commit) and version (code/pyproject.toml's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 registry="" tag="" output="images.json"
@@ -14,10 +16,13 @@ while [ $# -gt 0 ]; do
         --registry) registry="${2:?--registry needs a value}"; shift 2 ;;
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
         --output) output="${2:?--output needs a value}"; shift 2 ;;
-        *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; echo "error: unknown argument '$1'" >&2; exit 64 ;;
+        *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; echo "error: unknown argument '$1'" >&2; exit 64 ;;
     esac
 done
-tag="${tag:-$(git rev-parse HEAD 2>/dev/null || echo dev)}"
+revision="${CODEBUILD_RESOLVED_SOURCE_VERSION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+tag="${tag:-$revision}"
+source_url="${SOURCE_URL:-${CODEBUILD_SOURCE_REPO_URL:-$(git remote get-url origin 2>/dev/null || echo unknown)}}"
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' code/pyproject.toml)"
 prefix="${registry:+$registry/}"
 declare -A repositories=([train]="${TRAIN_REPOSITORY:-dagm-defects-train}" [serve]="${SERVE_REPOSITORY:-dagm-defects-serve}")
 
@@ -29,6 +34,7 @@ for kind in train serve; do
     fi
     echo "== building $image:$tag from Dockerfile.$kind"
     DOCKER_BUILDKIT=1 docker build "${cache[@]}" --build-arg BUILDKIT_INLINE_CACHE=1 \
+        --build-arg SOURCE="$source_url" --build-arg REVISION="$revision" --build-arg VERSION="$version" \
         -f "Dockerfile.$kind" -t "$image:$tag" -t "$image:latest" .
 done
 [ -n "$registry" ] || exit 0

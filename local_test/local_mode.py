@@ -1,6 +1,6 @@
 """Train with the training image and serve with the serving image in SageMaker Python SDK local mode.
 
-Needs a Docker daemon with Compose v2 (`docker compose`) and `pip install 'dagm-defects[local-mode]'`
+Needs a Docker daemon with Compose v2 (`docker compose`) and `pip install './code[local-mode]'`
 (sagemaker 3.x); no AWS account. Written against sagemaker 3.27.0:
 
 - ModelTrainer(training_mode=Mode.LOCAL_CONTAINER) writes WORK/run-*/docker-compose.yaml and runs
@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-INSTALL_HINT = "pip install 'dagm-defects[local-mode]'"
+INSTALL_HINT = "pip install './code[local-mode]'"
 # Never assumed locally. Without a role ModelBuilder asks STS/IAM for the caller's; an ARN is taken as is.
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/dagm-local-mode"
 HYPERPARAMETERS = {"batch_size": 8, "image_size": 128}

@@ -1,8 +1,8 @@
 """local_test/local_mode.py, the SageMaker Python SDK 3.x local-mode example. Running it needs a
 Docker daemon, which the CI machines lack, so this checks what can be checked without one: its
-command line and its exit without the SDK (the SDK is an optional extra), and, where the SDK is
-installed, that every SDK name and keyword argument the script uses exists there and that the
-trainer and model it configures pass the SDK's own validation."""
+command line and its exit without the SDK (an optional extra for users; .venv has it, from
+requirements/local-mode.lock), and, with the SDK, that every SDK name and keyword argument the
+script uses exists there and that the trainer and model it configures pass the SDK's own validation."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "local_test" / "local_mode.py"
-INSTALL_HINT = "pip install 'dagm-defects[local-mode]'"
+INSTALL_HINT = "pip install './code[local-mode]'"
 
 
 def run_script(*args: str, hide_sdk_in=None) -> subprocess.CompletedProcess:
@@ -61,12 +61,13 @@ def test_a_serving_image_no_registry_has_is_refused_before_training(tmp_path):
     assert "docker push localhost:5000/dagm-defects-serve:latest" in result.stderr
 
 
-# With the SDK (pip install 'dagm-defects[local-mode]'); skipped in the project's venv.
+# With the SDK: .venv installs it (requirements/local-mode.lock), so these never skip; an SDK
+# that fails to import fails them.
 
 
 @pytest.fixture
 def local_mode(monkeypatch):
-    pytest.importorskip("sagemaker.train", reason=f"SageMaker Python SDK 3.x not installed ({INSTALL_HINT})")
+    assert importlib.util.find_spec("sagemaker.train"), f"SageMaker Python SDK 3.x not installed ({INSTALL_HINT})"
     # configure_aws_for_local() sets these (importing sagemaker.serve needs a region); setenv
     # first so that monkeypatch restores them afterwards.
     for name in ("AWS_DEFAULT_REGION", "SAGEMAKER_VALIDATE_ROLE"):

@@ -63,7 +63,8 @@ def stage_commands() -> list[str]:
     return [c for resource in projects(template()).values() for c in project_commands(resource)]
 
 
-STAGE_SCRIPTS = {"dagm-train-stage", "dagm-deploy", "dagm-retrain"}  # console scripts (pyproject.toml)
+STAGE_SCRIPTS = {"dagm-train-stage", "dagm-deploy", "dagm-retrain"}  # console scripts (deploy/pyproject.toml)
+DEPLOY_PYPROJECT = REPO / "deploy" / "pyproject.toml"
 
 
 def console_script(name: str) -> list[str]:
@@ -71,8 +72,8 @@ def console_script(name: str) -> list[str]:
     installed = Path(sys.executable).parent / name
     if installed.is_file():
         return [str(installed)]
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("scripts", {})
-    assert name in scripts, f"pyproject.toml declares no console script {name}"
+    scripts = tomllib.loads(DEPLOY_PYPROJECT.read_text())["project"].get("scripts", {})
+    assert name in scripts, f"deploy/pyproject.toml declares no console script {name}"
     module, _, function = scripts[name].partition(":")
     return [sys.executable, "-c", f"import sys; sys.argv[0] = {name!r}; from {module} import {function}; "
                                   f"sys.exit({function}())"]
@@ -91,8 +92,8 @@ def test_the_stages_run_console_scripts_with_flags_they_accept():
         "stages run the package's console scripts, not files under deploy/"
     scripts = [c for c in commands if shlex.split(c)[0] in STAGE_SCRIPTS]
     assert {shlex.split(c)[0] for c in scripts} == STAGE_SCRIPTS
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("scripts", {})
-    assert STAGE_SCRIPTS <= set(declared), f"pyproject.toml lacks {sorted(STAGE_SCRIPTS - set(declared))}"
+    declared = tomllib.loads(DEPLOY_PYPROJECT.read_text())["project"].get("scripts", {})
+    assert STAGE_SCRIPTS <= set(declared), f"deploy/pyproject.toml lacks {sorted(STAGE_SCRIPTS - set(declared))}"
     for command in scripts:
         words = shlex.split(command)
         subcommand = [words[1]] if not words[1].startswith("-") else []
@@ -308,15 +309,17 @@ def profile_write_problems(t: dict) -> list[str]:
     return problems
 
 
-PIP_OPTIONS = {"--quiet", "-q", "--no-deps", "--no-cache-dir", "--disable-pip-version-check"}
+PIP_OPTIONS = {"--quiet", "-q", "--no-deps", "--no-cache-dir", "--disable-pip-version-check", "--no-build-isolation"}
+DEPLOY_LOCK = "requirements/deploy.lock"
+DEPLOY_PROJECTS = {"./code", "./deploy"}  # dagm-deploy and the core it imports (deploy.lock pins both's needs)
 
 
 def pip_problems(t: dict) -> list[str]:
-    """Train, Deploy and Retrain install only lines of requirements.lock (-r) and this package (.)."""
+    """Train, Deploy and Retrain install only requirements/deploy.lock (-r) and the deploy and core projects."""
     problems = []
     for name, resource in projects(t).items():
         commands = project_commands(resource)
-        for index, command in enumerate(commands):
+        for command in commands:
             if not re.search(r"\bpip3? install\b", command):
                 continue
             words = shlex.split(command)
@@ -327,14 +330,11 @@ def pip_problems(t: dict) -> list[str]:
             while i < len(rest):
                 word = rest[i]
                 if word == "-r" and i + 1 < len(rest):
-                    source = rest[i + 1]
-                    from_lock = source == "requirements.lock" or any(
-                        "requirements.lock" in c and re.search(rf">\s*{re.escape(source)}\b", c) for c in commands[:index])
-                    if not from_lock:
-                        problems.append(f"{name}: -r {source} is not made from requirements.lock")
+                    if rest[i + 1] != DEPLOY_LOCK:
+                        problems.append(f"{name}: -r {rest[i + 1]} is not {DEPLOY_LOCK}")
                     i += 2
                     continue
-                if word != "." and word not in PIP_OPTIONS:
+                if word not in DEPLOY_PROJECTS and word not in PIP_OPTIONS:
                     problems.append(f"{name}: unpinned {word!r} in {command!r}")
                 i += 1
     return problems
