@@ -213,6 +213,10 @@ class Buildah(Engine):
         self.storage = ["--storage-driver", "vfs", "--root", str(work / "storage"), "--runroot", str(work / "run")]
         self.containers: dict[str, str] = {}
         self.roots: dict[str, str] = {}
+        # `buildah run` keeps each container's run-time files in $TMPDIR (/var/tmp by default)
+        # and leaves some behind: keep them under the work folder, which cleanup removes.
+        os.environ["TMPDIR"] = str(work / "tmp")
+        (work / "tmp").mkdir(parents=True, exist_ok=True)
         self.build_volumes = pip_settings_volumes(work)
         self.build_base_args = {"PYTHON_BASE": BASE_IMAGE}
 
