@@ -132,6 +132,11 @@ class Engine:
         """Processes of the container still running."""
         raise NotImplementedError
 
+    def kill(self, kind: str, process: subprocess.Popen) -> None:
+        """After a failed check: stop the container and everything in it, now."""
+        process.kill()
+        process.wait(30)
+
     def shell(self, kind: str, script: str, *args: str) -> str:
         raise NotImplementedError
 
@@ -174,6 +179,10 @@ class Docker(Engine):
 
     def terminate(self, kind, process):
         run(["docker", "kill", "--signal", "TERM", self.containers[kind]], quiet=True)
+
+    def kill(self, kind, process):
+        subprocess.run(["docker", "rm", "-f", self.containers[kind]], capture_output=True)
+        super().kill(kind, process)
 
     def leftovers(self, kind):
         result = subprocess.run(["docker", "ps", "-q", "--filter", f"name={self.containers[kind]}"],
@@ -282,6 +291,15 @@ class Buildah(Engine):
     def leftovers(self, kind):
         return [f"{pid} {command_line(pid)}" for pid in self.processes(self.roots[kind])]
 
+    def kill(self, kind, process):
+        # Killing `buildah run` alone leaves the container's processes running (chroot
+        # isolation has no PID namespace to take them down with it).
+        with contextlib.suppress(CheckFailed):
+            for pid in self.processes(self.roots.get(kind) or self.container_root(process)):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        super().kill(kind, process)
+
     def shell(self, kind, script, *args):
         out = run(["buildah", *self.storage, "run", "--isolation", "chroot", "--user", "0:0", self.container(kind),
                    "--", "/bin/sh", "-c", script, "sh", *args], quiet=True)
@@ -365,7 +383,8 @@ def make_python_base(engine: Buildah, work: Path) -> None:
     shutil.rmtree(rootfs, ignore_errors=True)
     rootfs.mkdir(parents=True)
     run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR], quiet=True, timeout=1800)
-    run(["chroot", str(rootfs), "/bin/sh", "-c",
+    # TMPDIR points at the host's work folder (see Buildah), which does not exist in the chroot.
+    run(["env", "-u", "TMPDIR", "chroot", str(rootfs), "/bin/sh", "-c",
          "export DEBIAN_FRONTEND=noninteractive && apt-get update -q"
          " && apt-get install -y -q --no-install-recommends python3.11 python3.11-venv ca-certificates"
          " && apt-get clean && rm -rf /var/lib/apt/lists/*"], quiet=True, timeout=1800)
@@ -449,18 +468,17 @@ def tiny_job(work: Path, hyperparameters: dict[str, str]) -> tuple[Path, list[tu
     return job, mounts
 
 
-def wait_for(process: subprocess.Popen, timeout: float) -> int:
+def wait_for(engine: Engine, kind: str, process: subprocess.Popen, timeout: float) -> int:
     try:
         return process.wait(timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(30)
+        engine.kill(kind, process)
         raise CheckFailed(f"the container did not exit within {timeout:.0f} s") from None
 
 
 def test_train(engine: Engine, work: Path) -> Path:
     job, mounts = tiny_job(work, TINY_HPS)
-    code = wait_for(engine.start("train", ["train"], env={}, mounts=mounts), 1800)
+    code = wait_for(engine, "train", engine.start("train", ["train"], env={}, mounts=mounts), 1800)
     check(code == 0, f"train exited {code}: {(job / 'output' / 'failure').read_text()[:2000] if (job / 'output' / 'failure').exists() else ''}")
     for name in ("model.pt", "model.json"):
         check((job / "model" / name).is_file(), f"train wrote no model/{name}")
@@ -473,7 +491,7 @@ def test_train(engine: Engine, work: Path) -> Path:
 
 def test_failing_train(engine: Engine, work: Path) -> None:
     job, mounts = tiny_job(work, {**TINY_HPS, "epochs": "many"})
-    code = wait_for(engine.start("train", ["train"], env={}, mounts=mounts), 600)
+    code = wait_for(engine, "train", engine.start("train", ["train"], env={}, mounts=mounts), 600)
     failure = job / "output" / "failure"
     check(code != 0, "train with epochs='many' exited 0")
     check(failure.is_file() and "epochs" in failure.read_text(),
@@ -526,14 +544,13 @@ def test_serve(engine: Engine, model: Path) -> None:
         log(f"   serve: a PNG -> score {prediction['score']:.3f}; a bad body -> {status}")
         stopping = time.monotonic()
         engine.terminate("serve", process)
-        code = wait_for(process, 60)
+        code = wait_for(engine, "serve", process, 60)
         left = engine.leftovers("serve")
         check(not left, f"SIGTERM left processes of the serving container: {left}")
         log(f"   serve: SIGTERM -> exit {code} in {time.monotonic() - stopping:.1f} s, no process left")
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait(30)
+            engine.kill("serve", process)
 
 
 def build_and_inspect(engine: Engine, steps: Steps, kind: str, args: dict[str, str], reuse: set[str]) -> None:
