@@ -22,21 +22,29 @@ pytestmark = pytest.mark.slow
 
 
 
-def test_ping_says_ready_only_after_load_and_warm_up_and_sigterm_leaves_nothing(start_server, untrained_model):
-    server = start_server(untrained_model, ready=False)
+def test_ping_says_ready_only_after_load_and_warm_up_and_sigterm_leaves_nothing(start_server, untrained_model,
+                                                                                tmp_path):
+    shared = tmp_path / "shm"
+    shared.mkdir()
+    server = start_server(untrained_model, ready=False, DAGM_BATCH_FILES_DIR=str(shared))
     seen = server.wait_ready()
     # Nothing listening, then 503 while MMS starts and the worker loads, then 200.
     assert 503 in seen and seen[-1] == 200 and seen.index(503) < len(seen) - 1
     first = server.post("/invocations", npy(np.zeros((64, 64), np.uint8)), "application/x-npy")
     assert first.status == 200, first.body
+    # Batches passed through the server's own directory there, and no file outlived its exchange.
+    (batches,) = shared.iterdir()
+    assert batches.name.startswith("dagm-batches-") and list(batches.iterdir()) == []
     log = server.output
     assert log.index("loaded and warmed up") < log.index("ready in")
+    assert "inline" not in log  # the front says so whenever a batch goes through MMS instead
 
     tree = psutil.Process(server.process.pid).children(recursive=True)
     assert any("model_service_worker" in " ".join(p.cmdline()) for p in tree)
     started = time.monotonic()
     assert server.stop() == 0
     assert time.monotonic() - started < 30
+    assert list(shared.iterdir()) == []
     time.sleep(0.5)
     left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [p.cmdline() for p in left]

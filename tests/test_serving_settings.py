@@ -11,6 +11,7 @@ import pytest
 
 from dagm_defects.artifact import ArtifactError
 from dagm_serve import environment, wire
+from dagm_serve.batch_files import BatchFiles
 from dagm_defects.archive import unpack
 from dagm_serve.codec import RequestError
 from dagm_serve.options import RequestOptions, parse_options
@@ -48,11 +49,18 @@ def test_sagemaker_variables_are_read(tmp_path):
     ("SAGEMAKER_MULTI_MODEL", "maybe"), ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "7"),
     ("DAGM_SERVER_BATCH_DELAY_MS", "-1"), ("DAGM_DEVICE", "tpu"),
     ("DAGM_ENDPOINT_NAME", "no_underscores"), ("DAGM_VARIANT_NAME", "-dash-first"),
-    ("DAGM_DRIFT_PUBLISH_SECONDS", "0"),
+    ("DAGM_DRIFT_PUBLISH_SECONDS", "0"), ("DAGM_BATCH_FILES_DIR", "relative/dir"),
 ])
 def test_malformed_values_name_the_variable(name, value):
     with pytest.raises(environment.SettingsError, match=f"{name}={value!r} is invalid"):
         environment.from_env({name: value}, gpus=0)
+
+
+def test_batch_files_go_to_dev_shm_unless_told_otherwise(tmp_path):
+    default = environment.from_env({}, gpus=0).batch_files_dir
+    assert default == (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
+    assert environment.from_env({"DAGM_BATCH_FILES_DIR": "None"}, gpus=0).batch_files_dir is None
+    assert environment.from_env({"DAGM_BATCH_FILES_DIR": str(tmp_path)}, gpus=0).batch_files_dir == tmp_path
 
 
 def test_custom_attributes():
@@ -78,6 +86,100 @@ def test_wire_round_trip_keeps_bytes_newlines_and_shapes_and_refuses_foreign_bod
                 body[:-1], body + b"x", b'{"meta": [], "arrays": []}\n'):
         with pytest.raises(wire.WireError):
             wire.unpack(bad)
+
+
+def test_wire_arrays_in_a_batch_file_round_trip_and_are_read_only_from_their_directory(tmp_path):
+    directory, elsewhere = tmp_path / "batches", tmp_path / "other"
+    directory.mkdir(), elsewhere.mkdir()
+    images = np.random.default_rng(1).integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    images[0, 0, :3] = np.frombuffer(b"\n{\n", np.uint8)
+    batch = directory / "0.batch"
+    batch.write_bytes(b"stale bytes from an earlier, longer batch" * 10_000)
+    body = wire.pack({"answer": "x"}, [images], batch)
+    assert len(body) < 200 and body.endswith(b"\n") and body.count(b"\n") == 1  # the pixels stay out of MMS
+    assert batch.stat().st_size == images.nbytes  # truncated, then written
+    meta, (got,) = wire.unpack(body, directory)
+    assert meta == {"answer": "x"} and np.array_equal(got, images) and got.flags.writeable
+
+    with pytest.raises(wire.WireError, match="not a batch file this side may read"):
+        wire.unpack(body)  # a side that was given no directory
+    with pytest.raises(wire.WireError, match="not a batch file this side may read"):
+        wire.unpack(body, elsewhere)
+    outside = elsewhere / "0.batch"
+    outside.write_bytes(images.tobytes())
+    for name in (str(outside), str(directory / ".." / "other" / "0.batch"), str(directory)):
+        forged = body.replace(str(batch).encode(), name.encode())
+        with pytest.raises(wire.WireError):
+            wire.unpack(forged, directory)
+    with pytest.raises(wire.WireError, match="not a batch file"):
+        wire.unpack(body + b"trailing pixels", directory)
+    batch.write_bytes(images.tobytes()[:-1])
+    with pytest.raises(wire.WireError, match="smaller than"):
+        wire.unpack(body, directory)
+    batch.unlink()
+    with pytest.raises(wire.WireError, match="cannot be read"):
+        wire.unpack(body, directory)
+    # A file its reader already removed is not made again: the writer hears OSError.
+    with pytest.raises(FileNotFoundError):
+        wire.pack({}, [images], batch)
+    assert not batch.exists()
+
+
+def test_batch_files_are_removed_after_each_exchange_and_with_the_server(tmp_path, caplog):
+    files = BatchFiles.create(tmp_path)
+    directory = files.directory
+    assert directory.parent == tmp_path and directory.name.startswith("dagm-batches-")
+    with files.exchange() as first, files.exchange() as second:
+        assert first.batch != second.batch and first.answer.parent == directory
+        assert first.batch.stat().st_size == 0 and first.answer.exists()
+    with pytest.raises(RuntimeError):
+        with files.exchange() as failed:
+            failed.answer.write_bytes(b"an answer nobody will read")
+            raise RuntimeError("the worker died")
+    assert list(directory.iterdir()) == []
+    files.close()
+    assert not directory.exists()
+    with files.exchange() as gone:  # the directory vanished (deleted by hand): inline
+        assert gone is None
+    assert "goes inline" in caplog.text
+
+    missing = BatchFiles.create(tmp_path / "no-such-dir")
+    assert missing.directory is None
+    with missing.exchange() as nothing:
+        assert nothing is None
+    missing.close()
+
+
+def test_the_worker_answers_into_the_answer_file_and_inline_when_it_cannot(untrained_model, tmp_path):
+    import torch
+
+    from dagm_defects.device import Device
+    from dagm_serve.predictor import Predictor
+    from dagm_serve.service import Service
+
+    files = BatchFiles.create(tmp_path)
+    service = Service(Predictor.load(untrained_model, Device(torch.device("cpu"), False)), None, files.directory)
+    images = np.random.default_rng(2).integers(0, 256, (3, 128, 128), dtype=np.uint8)
+    _, (scores, maps) = wire.unpack(service.answer(wire.pack({}, [images])))
+    assert scores.shape == (3,) and maps.shape[0] == 3
+
+    with files.exchange() as exchange:
+        reply = service.answer(wire.pack({"answer": str(exchange.answer)}, [images], exchange.batch))
+        assert len(reply) < 300 and exchange.answer.stat().st_size == scores.nbytes + maps.nbytes
+        meta, (got_scores, got_maps) = wire.unpack(reply, files.directory)
+    assert np.array_equal(got_scores, scores) and np.array_equal(got_maps, maps) and "forward_id" in meta
+
+    elsewhere = tmp_path / "elsewhere.answer"
+    elsewhere.touch()
+    with files.exchange() as exchange:
+        body = wire.pack({"answer": str(exchange.answer)}, [images], exchange.batch)
+        exchange.answer.unlink()  # the front gave up on this batch
+        for answer_to in (body, body.replace(str(exchange.answer).encode(), str(elsewhere).encode())):
+            reply = service.answer(answer_to)
+            assert len(reply) > maps.nbytes  # inline
+            assert np.array_equal(wire.unpack(reply)[1][1], maps)
+    assert elsewhere.stat().st_size == 0 and list(files.directory.iterdir()) == []
+    files.close()
 
 
 def test_hard_links_and_devices_are_refused(tmp_path: Path):

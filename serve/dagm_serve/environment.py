@@ -21,6 +21,7 @@ from dagm_serve.codec import Limits
 T = TypeVar("T")
 
 DEFAULT_PORT = 8080
+SHARED_MEMORY = Path("/dev/shm")
 BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
 # SageMaker's limit for a real-time request; batch transform allows up to 100 MB.
 DEFAULT_MAX_PAYLOAD_MB = 6
@@ -62,6 +63,8 @@ class ServingSettings:
     idle_timeout_s: int = 60
     drain_s: int = 25
     decode_threads: int = 2
+    # Where batches pass to the workers as files (batch_files.py); None: inline through MMS.
+    batch_files_dir: Path | None = None
 
     @property
     def max_payload_bytes(self) -> int:
@@ -121,6 +124,14 @@ def _name(raw: str) -> str:
     if not _NAME.match(raw):
         raise ValueError(raw)
     return raw
+
+
+def _directory_or_none(raw: str) -> Path | None:
+    if raw.lower() == "none":
+        return None
+    if not raw.startswith("/"):
+        raise ValueError(raw)
+    return Path(raw)
 
 
 def _port_range(raw: str) -> tuple[int, int]:
@@ -198,6 +209,8 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
         idle_timeout_s=_read(env, "DAGM_IDLE_TIMEOUT_SECONDS", _bounded_int(1, 3600), 60, "seconds from 1 to 3600"),
         drain_s=_read(env, "DAGM_DRAIN_SECONDS", _bounded_int(0, 3600), 25, "seconds from 0 to 3600"),
         decode_threads=max(1, cpus),
+        batch_files_dir=_read(env, "DAGM_BATCH_FILES_DIR", _directory_or_none,
+                              SHARED_MEMORY if SHARED_MEMORY.is_dir() else None, "an absolute directory or none"),
     )
 
 

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from dagm_defects.imaging import resize_square
 from dagm_serve import wire
+from dagm_serve.batch_files import BatchFiles, Exchange
 from dagm_serve.batcher import Batcher, Closed, Outputs, QueueFull
 from dagm_serve.codec import PNG, RequestError, check_answerable, decode_request, encode_response, negotiate
 from dagm_serve.connections import ConnectionGuard
@@ -69,8 +70,10 @@ def _error(status: int, message: str, headers: dict | None = None) -> web.Respon
 
 
 class Front:
-    def __init__(self, settings: ServingSettings, registry: ModelRegistry, supervisor: Supervisor):
+    def __init__(self, settings: ServingSettings, registry: ModelRegistry, supervisor: Supervisor,
+                 batch_files: BatchFiles):
         self.settings = settings
+        self.batch_files = batch_files
         self.registry = registry
         self.supervisor = supervisor
         self.ready = False  # the first load finished
@@ -251,24 +254,36 @@ class Front:
     async def _exchange(self, name: str, images: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
         await self.supervisor.available.wait()
         url = f"http://127.0.0.1:{self.registry.server.ports.inference}/predictions/{name}"
-        response = None
-        try:
-            response = await self._session.post(url, data=wire.pack({}, [images]),
-                                                headers={"Content-Type": wire.CONTENT_TYPE})
-            data = await response.read()
-        except BaseException as exc:
-            if response is not None:
-                response.close()  # a connection whose exchange failed is closed, never reused
-            if isinstance(exc, asyncio.TimeoutError):
-                self.supervisor.report_hang(f"a batch got no answer within {self.settings.response_timeout_s} s")
-                raise ModelServerError(HTTPStatus.SERVICE_UNAVAILABLE, "the model worker did not answer in time") from None
-            if isinstance(exc, aiohttp.ClientError):
-                raise ModelServerError(HTTPStatus.SERVICE_UNAVAILABLE, f"connection failed ({exc})") from None
-            raise
-        if response.status != HTTPStatus.OK:
-            raise ModelServerError(response.status, error_message(data))
-        meta, (scores, maps) = wire.unpack(data)
+        with self.batch_files.exchange() as files:
+            response = None
+            try:
+                response = await self._session.post(url, data=_batch_body(images, files),
+                                                    headers={"Content-Type": wire.CONTENT_TYPE})
+                data = await response.read()
+            except BaseException as exc:
+                if response is not None:
+                    response.close()  # a connection whose exchange failed is closed, never reused
+                if isinstance(exc, asyncio.TimeoutError):
+                    self.supervisor.report_hang(f"a batch got no answer within {self.settings.response_timeout_s} s")
+                    raise ModelServerError(HTTPStatus.SERVICE_UNAVAILABLE,
+                                           "the model worker did not answer in time") from None
+                if isinstance(exc, aiohttp.ClientError):
+                    raise ModelServerError(HTTPStatus.SERVICE_UNAVAILABLE, f"connection failed ({exc})") from None
+                raise
+            if response.status != HTTPStatus.OK:
+                raise ModelServerError(response.status, error_message(data))
+            meta, (scores, maps) = wire.unpack(data, self.batch_files.directory)
         return meta["forward_id"], scores, maps
+
+
+def _batch_body(images: np.ndarray, files: Exchange | None) -> bytes:
+    """The MMS body for one batch: the pixels in its batch file, else inline."""
+    if files is not None:
+        try:
+            return wire.pack({"answer": str(files.answer)}, [images], files.batch)
+        except OSError as exc:
+            log.warning("a batch goes inline through MMS: %s", exc)
+    return wire.pack({}, [images])
 
 
 def _answer(images: list[np.ndarray], outputs: Outputs, model: LoadedModel, options: RequestOptions,

@@ -91,8 +91,10 @@ def error_message(body: bytes) -> str:
 
 
 class ModelServer:
-    def __init__(self, settings: ServingSettings, config_file: Path, log_config: Path, work_dir: Path):
+    def __init__(self, settings: ServingSettings, config_file: Path, log_config: Path, work_dir: Path,
+                 batch_dir: Path | None = None):
         self.settings = settings
+        self.batch_dir = batch_dir
         self.config_file = config_file
         self.log_config = log_config
         self.work_dir = work_dir
@@ -118,6 +120,8 @@ class ModelServer:
             "TMPDIR": str(self.work_dir),
             "LOG_LOCATION": str(self.work_dir / "logs"),
             "METRICS_LOCATION": str(self.work_dir / "logs"),
+            # The workers read batches from and write answers to this directory only.
+            "DAGM_BATCH_FILES_DIR": str(self.batch_dir) if self.batch_dir else "none",
         }
         return env
 

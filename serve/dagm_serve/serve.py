@@ -24,6 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from dagm_serve import environment
+from dagm_serve.batch_files import BatchFiles
 from dagm_serve.front import SINGLE_MODEL, Front
 from dagm_serve.model_server import ModelServer, ModelServerError, become_subreaper
 from dagm_serve.models import ModelRegistry, RegistryError
@@ -50,13 +51,15 @@ def main() -> int:
         return _fail(str(exc), 2)
     become_subreaper()
     work_dir = Path(tempfile.mkdtemp(prefix="dagm-serve-"))
-    server = ModelServer(settings, config_file, log_config, work_dir)
+    batch_files = BatchFiles.create(settings.batch_files_dir)
+    server = ModelServer(settings, config_file, log_config, work_dir, batch_files.directory)
     try:
-        return asyncio.run(_serve(settings, server, work_dir))
+        return asyncio.run(_serve(settings, server, work_dir, batch_files))
     except Failed as exc:
         return _fail(str(exc), 1)
     finally:
         server.stop()
+        batch_files.close()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -71,7 +74,8 @@ async def _start_models(settings: environment.ServingSettings, server: ModelServ
         await loop.run_in_executor(None, registry.load, SINGLE_MODEL, str(settings.model_dir), prepared)
 
 
-async def _serve(settings: environment.ServingSettings, server: ModelServer, work_dir: Path) -> int:
+async def _serve(settings: environment.ServingSettings, server: ModelServer, work_dir: Path,
+                 batch_files: BatchFiles) -> int:
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     stop, received = asyncio.Event(), []
@@ -84,7 +88,7 @@ async def _serve(settings: environment.ServingSettings, server: ModelServer, wor
         loop.add_signal_handler(signum, on_signal, signum)
     registry = ModelRegistry(server, settings, work_dir / "models")
     supervisor = Supervisor(registry)
-    front = Front(settings, registry, supervisor)
+    front = Front(settings, registry, supervisor, batch_files)
     runner = web.AppRunner(front.app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_s,
                            keepalive_timeout=settings.idle_timeout_s)
     await runner.setup()

@@ -50,16 +50,17 @@ def input_watch(settings: ServingSettings, predictor: Predictor) -> InputWatch |
 
 
 class Service:
-    def __init__(self, predictor: Predictor, watch: InputWatch | None):
+    def __init__(self, predictor: Predictor, watch: InputWatch | None, batch_dir: Path | None = None):
         self.predictor = predictor
         self.watch = watch
+        self.batch_dir = batch_dir  # the front's batch files (wire.py); None: inline only
 
     @classmethod
     def load(cls, model_dir: str | Path, settings: ServingSettings, gpu_id: int | None) -> "Service":
         started = time.monotonic()
         predictor = Predictor.load(model_dir, select_device(settings, gpu_id))
         predictor.warm_up(settings.server_batch_size)
-        service = cls(predictor, input_watch(settings, predictor))
+        service = cls(predictor, input_watch(settings, predictor), settings.batch_files_dir)
         # MMS copies worker output into its log: this line is the worker's readiness.
         print(f"worker {os.getpid()}: model {model_dir} loaded and warmed up "
               f"(batch {settings.server_batch_size}) in {time.monotonic() - started:.2f} s", flush=True)
@@ -67,9 +68,16 @@ class Service:
 
     def answer(self, body: bytes | bytearray) -> bytes:
         """The scores and maps for one batch body from the front (wire.py)."""
-        _, (images,) = wire.unpack(body)
+        meta, (images,) = wire.unpack(body, self.batch_dir)
         scores, maps = self.predictor.forward(images)
         if self.watch is not None:
             # Drift watches the model's own decision, whatever threshold a client asked for.
             self.watch.observe(images, scores >= self.predictor.threshold)
-        return wire.pack({"forward_id": self.predictor.forward_id}, [scores, maps])
+        reply = {"forward_id": self.predictor.forward_id}
+        answer = Path(meta["answer"]) if isinstance(meta.get("answer"), str) else None
+        if answer is not None and self.batch_dir is not None and answer.parent == self.batch_dir:
+            try:
+                return wire.pack(reply, [scores, maps], answer)
+            except OSError:  # a full /dev/shm, or the front gave up on this batch: inline
+                pass
+        return wire.pack(reply, [scores, maps])
