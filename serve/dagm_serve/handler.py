@@ -10,6 +10,9 @@ already decoded images per call.
 
 from __future__ import annotations
 
+import os
+
+from dagm_defects.model_files import ArtifactError
 from dagm_serve import environment
 from dagm_serve.service import Service
 
@@ -28,6 +31,12 @@ def handle(data, context):
     global _service
     if data is None:  # MMS's load call
         gpu_id = context.system_properties.get("gpu_id")
-        _service = Service.load(context.system_properties["model_dir"], environment.from_env(), gpu_id)
+        try:
+            _service = Service.load(context.system_properties["model_dir"], environment.from_env(), gpu_id)
+        except ArtifactError as exc:
+            # serve checks the artefact alongside and says what is wrong with it; MMS would
+            # log a worker traceback that only repeats that. The load fails all the same.
+            print(f"worker {os.getpid()}: cannot load the model: {exc}", flush=True)
+            raise SystemExit(1) from None
         return None
     return [_service.answer(_body(item)) for item in data]

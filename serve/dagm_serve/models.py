@@ -104,37 +104,50 @@ class ModelRegistry:
                 f"reserve (DAGM_MEMORY_RESERVE_MB)",
             )
 
-    def prepare(self, name: str, url: str) -> LoadedModel:
-        """The checked artefact for `url`: unpacked safely, loadable and answering finite
-        scores, since a clear message here beats an MMS worker that fails to start."""
+    def resolve(self, name: str, url: str) -> Path:
+        """The artefact's directory for `url` (a model.tar.gz unpacked safely first)."""
         if not NAME.match(name):
             raise RegistryError(HTTPStatus.BAD_REQUEST,
                                 f"model name {name!r} must be 1-128 letters, digits, '.', '_' or '-'")
+        try:
+            return resolve_model_dir(Path(url), self.scratch / name)
+        except ArtifactError as exc:
+            raise RegistryError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+    def check(self, url: str, model_dir: Path) -> LoadedModel:
+        """The artefact loaded and answering finite scores, since a clear message here
+        beats an MMS worker that fails to start."""
         # torch is imported here, on first use, in a thread while MMS boots: importing it
         # before MMS starts cost a second of cold start (python -X importtime).
         from dagm_defects.artifact import load_artifact
         from dagm_serve.predictor import check_outputs
 
         try:
-            model_dir = resolve_model_dir(Path(url), self.scratch / name)
             artifact = load_artifact(model_dir)
             check_outputs(artifact)
         except ArtifactError as exc:
             raise RegistryError(HTTPStatus.BAD_REQUEST, str(exc)) from None
         return LoadedModel(url, model_dir, artifact.image_size, artifact.threshold)
 
-    def load(self, name: str, url: str, prepared: LoadedModel | None = None) -> dict:
-        """Load `url` as `name` into MMS; `prepared` is `prepare`'s result when the caller
-        has it already."""
+    def register(self, name: str, model_dir: Path) -> None:
+        """MMS's workers load `model_dir` as `name` (it is not served until `add`)."""
+        self._check_memory(name, model_dir)
+        try:
+            self.server.register(name, model_dir)
+        except ModelServerError as exc:
+            raise RegistryError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
+
+    def add(self, name: str, model: LoadedModel) -> None:
+        with self._lock:
+            self._models[name] = model
+
+    def load(self, name: str, url: str) -> dict:
+        """Check `url`, then load it as `name` into MMS."""
         with self._lock:
             if name in self._models:
                 raise RegistryError(HTTPStatus.CONFLICT, f"model {name!r} is already loaded")
-            model = prepared or self.prepare(name, url)
-            self._check_memory(name, model.model_dir)
-            try:
-                self.server.register(name, model.model_dir)
-            except ModelServerError as exc:
-                raise RegistryError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
+            model = self.check(url, self.resolve(name, url))
+            self.register(name, model.model_dir)
             self._models[name] = model
         return {"status": f"model {name!r} loaded"}
 
