@@ -55,17 +55,18 @@ class BatchFiles:
             yield None
             return
         n = next(self._names)
-        files = Exchange(self.directory / f"{n}.batch", self.directory / f"{n}.answer")
+        paths = Exchange(self.directory / f"{n}.batch", self.directory / f"{n}.answer")
         try:
-            for path in (files.batch, files.answer):
+            for path in (paths.batch, paths.answer):
                 path.touch(exist_ok=False)
+            files = paths
         except OSError as exc:
             log.warning("batch %d goes inline through MMS: %s", n, exc)
             files = None
         try:
             yield files
         finally:
-            for path in (self.directory / f"{n}.batch", self.directory / f"{n}.answer"):
+            for path in (paths.batch, paths.answer):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
 

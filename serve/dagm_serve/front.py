@@ -278,12 +278,9 @@ class Front:
 
 def _batch_body(images: np.ndarray, files: Exchange | None) -> bytes:
     """The MMS body for one batch: the pixels in its batch file, else inline."""
-    if files is not None:
-        try:
-            return wire.pack({"answer": str(files.answer)}, [images], files.batch)
-        except OSError as exc:
-            log.warning("a batch goes inline through MMS: %s", exc)
-    return wire.pack({}, [images])
+    if files is None:
+        return wire.pack({}, [images])
+    return wire.pack_into({"answer": str(files.answer)}, [images], files.batch)
 
 
 def _answer(images: list[np.ndarray], outputs: Outputs, model: LoadedModel, options: RequestOptions,

@@ -73,11 +73,5 @@ class Service:
         if self.watch is not None:
             # Drift watches the model's own decision, whatever threshold a client asked for.
             self.watch.observe(images, scores >= self.predictor.threshold)
-        reply = {"forward_id": self.predictor.forward_id}
-        answer = Path(meta["answer"]) if isinstance(meta.get("answer"), str) else None
-        if answer is not None and self.batch_dir is not None and answer.parent == self.batch_dir:
-            try:
-                return wire.pack(reply, [scores, maps], answer)
-            except OSError:  # a full /dev/shm, or the front gave up on this batch: inline
-                pass
-        return wire.pack(reply, [scores, maps])
+        answer = wire.batch_file(meta.get("answer"), self.batch_dir)
+        return wire.pack_into({"forward_id": self.predictor.forward_id}, [scores, maps], answer)

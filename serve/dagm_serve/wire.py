@@ -22,10 +22,13 @@ MMS runs with `batch_size=1` and each of its requests is one whole batch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-dagm-arrays"
 
@@ -52,6 +55,25 @@ def pack(meta: dict, arrays: list[np.ndarray], file: Path | None = None) -> byte
     return json.dumps({**header, "file": str(file)}).encode() + b"\n"
 
 
+def pack_into(meta: dict, arrays: list[np.ndarray], file: Path | None) -> bytes:
+    """`pack` into `file` when there is one and it can be written, else inline (a full
+    /dev/shm, or a reader that gave up and removed the file)."""
+    if file is not None:
+        try:
+            return pack(meta, arrays, file)
+        except OSError as exc:
+            log.warning("arrays go inline through MMS: %s", exc)
+    return pack(meta, arrays)
+
+
+def batch_file(name: object, directory: Path | None) -> Path | None:
+    """`name` as a path when it names a file directly in `directory`, else None."""
+    if directory is None or not isinstance(name, str):
+        return None
+    path = Path(name)
+    return path if path.parent == directory and path.name not in ("", ".", "..") else None
+
+
 def unpack(data: bytes | bytearray, directory: Path | None = None) -> tuple[dict, list[np.ndarray]]:
     """The meta and the arrays: views of `data` (writable when it is a bytearray), or
     read from the file the body names, which must lie directly in `directory`."""
@@ -75,8 +97,8 @@ def unpack(data: bytes | bytearray, directory: Path | None = None) -> tuple[dict
 
 
 def _read(name: str, directory: Path | None, trailing: int) -> bytearray:
-    path = Path(name)
-    if directory is None or trailing or path.parent != directory or path.name in ("", ".", ".."):
+    path = batch_file(name, directory)
+    if path is None or trailing:
         raise WireError(f"not a {CONTENT_TYPE} body: {name!r} is not a batch file this side may read")
     try:
         with open(path, "rb") as source:
