@@ -20,7 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dagm_defects.device import Device
-from dagm_defects.model import ModelConfig, build_model, inference_copy
+from dagm_defects.model import build_model, inference_copy
+from dagm_defects.model_config import ModelConfig
 from dagm_defects.training.hyperparameters import parse_hyperparameters
 from dagm_defects.training.loop import train_step
 

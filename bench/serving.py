@@ -49,7 +49,8 @@ import torch
 from dagm_defects.artifact import save_artifact
 from dagm_defects.data.synthetic import generate_dataset
 from dagm_defects.imaging import image_statistics, resize_square, summarize_statistics
-from dagm_defects.model import ModelConfig, build_model
+from dagm_defects.model import build_model
+from dagm_defects.model_config import ModelConfig
 from dagm_serve import environment, wire
 from dagm_serve.codec import JSON, NPY, PNG, decode_request, encode_response
 from dagm_serve.input_watch import InputWatch

@@ -112,10 +112,20 @@ def trained_job(tiny_dataset, tmp_path_factory) -> Job:
 SERVE_LOCAL = REPO / "local_test" / "serve_local.sh"
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port not handed out before in this session: the kernel may offer a port
+    again once its probe closed, and two servers started side by side then shared their
+    log file and /opt/ml (serve_local.sh keys both on the port)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 @dataclass
@@ -227,12 +237,26 @@ def untrained_model(tmp_path_factory) -> Path:
     import torch
 
     from dagm_defects.artifact import save_artifact
-    from dagm_defects.model import ModelConfig, build_model
+    from dagm_defects.model import build_model
+    from dagm_defects.model_config import ModelConfig
 
     torch.manual_seed(0)
     model_dir = tmp_path_factory.mktemp("untrained") / "model"
     save_artifact(model_dir, build_model(ModelConfig(image_size=128)), 0.5, [1], {})
     return model_dir
+
+
+def nan_model(source: Path, target: Path) -> Path:
+    """A copy of `source` whose weights load but make every score NaN."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(source, target)
+    state = torch.load(target / "model.pt", weights_only=True)
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
+               target / "model.pt")
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from dagm_defects.artifact import save_artifact
-from dagm_defects.model import ModelConfig, build_model
+from dagm_defects.model import build_model
+from dagm_defects.model_config import ModelConfig
 
 from conftest import aws_client, aws_env, model_tarball, noise_png, upload
 

@@ -12,7 +12,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dagm_defects.artifact import ArtifactError, load_artifact, save_artifact
-from dagm_defects.model import REFERENCE, ModelConfig, build_model, inference_copy, predict
+from dagm_defects.model import REFERENCE, build_model, inference_copy, predict
+from dagm_defects.model_config import ModelConfig
 
 
 def _gflops(config: ModelConfig, size: int) -> float:

@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import npy
+from conftest import nan_model, npy
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +81,13 @@ def test_bad_load_requests(start_server, untrained_model, tmp_path):
         reply = server.post("/models", body, "application/json")
         assert reply.status == status and word in reply.json()["error"], (name, reply.body)
     assert server.request("GET", "/models").json() == {"models": []}
+    # Weights that load but answer NaN: the workers refuse them and their reason comes
+    # back; the name stays free, and the server loads a good model under it.
+    status, body = load(server, "x", nan_model(untrained_model, tmp_path / "nan"))
+    assert status == 400 and "non-finite scores" in body["error"], body
+    assert server.request("GET", "/models").json() == {"models": []}
+    assert load(server, "x", untrained_model)[0] == 200
+    assert server.post("/models/x/invoke", npy(np.zeros((64, 64), np.uint8)), "application/x-npy").status == 200
 
 
 def test_out_of_memory_is_507(start_server, untrained_model, tmp_path):

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import torch
 
 
-from conftest import npy
+from conftest import nan_model, npy
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +37,11 @@ def test_ping_says_ready_only_after_load_and_warm_up_and_sigterm_leaves_nothing(
     log = server.output
     assert log.index("loaded and warmed up") < log.index("ready in")
     assert "inline" not in log  # the front says so whenever a batch goes through MMS instead
+    # The front never loads torch (the workers load and check the weights): serve's own
+    # process, not a shell in front of it, has no libtorch mapped.
+    assert psutil.Process(server.process.pid).cmdline()[-1].endswith("dagm-serve")
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "libc" in maps and "libtorch" not in maps
 
     tree = psutil.Process(server.process.pid).children(recursive=True)
     assert any("model_service_worker" in " ".join(p.cmdline()) for p in tree)
@@ -106,11 +110,7 @@ def broken_models(untrained_model: Path, root: Path) -> dict[str, tuple[Path, st
     bad_json = root / "bad-json"
     shutil.copytree(untrained_model, bad_json)
     (bad_json / "model.json").write_text("{")
-    nan = root / "nan-weights"
-    shutil.copytree(untrained_model, nan)
-    state = torch.load(nan / "model.pt", weights_only=True)
-    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
-               nan / "model.pt")
+    nan = nan_model(untrained_model, root / "nan-weights")
     return {
         "empty": (empty, "holds neither model.pt nor model.tar.gz"),
         "nan weights": (nan, "non-finite scores"),

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from dagm_defects.model import ModelConfig, SegDecNet, build_model
-from dagm_defects.model_files import FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE, ArtifactError
+from dagm_defects.model import SegDecNet, build_model
+from dagm_defects.model_config import ModelConfig
+from dagm_defects.model_files import FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE, ArtifactError, read_metadata
 
 __all__ = ["Artifact", "ArtifactError", "FORMAT_VERSION", "METADATA_FILE", "WEIGHTS_FILE", "load_artifact",
            "save_artifact"]
@@ -77,26 +78,12 @@ def save_artifact(
 
 
 def load_artifact(model_dir: str | Path, map_location: str | torch.device = "cpu") -> Artifact:
-    model_dir = Path(model_dir)
-    weights, meta_path = model_dir / WEIGHTS_FILE, model_dir / METADATA_FILE
-    missing = [p.name for p in (weights, meta_path) if not p.is_file()]
-    if missing:
-        raise ArtifactError(f"model directory {model_dir} lacks {', '.join(missing)}")
-    try:
-        metadata = json.loads(meta_path.read_text())
-        config = ModelConfig.from_dict(metadata["model_config"])
-        float(metadata["threshold"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{meta_path} is not valid model metadata: {exc}") from None
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{meta_path} has format_version {metadata.get('format_version')}, "
-            f"this code reads {FORMAT_VERSION}"
-        )
+    metadata = read_metadata(model_dir)
+    weights, config = Path(model_dir) / WEIGHTS_FILE, metadata.config
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)
         model = build_model(config)
         model.load_state_dict(state)
     except Exception as exc:  # any unpickling or shape error means the same thing
         raise ArtifactError(f"{weights} cannot be loaded as weights for {config}: {exc}") from None
-    return Artifact(model=model.eval(), metadata=metadata)
+    return Artifact(model=model.eval(), metadata=metadata.document)

@@ -26,6 +26,8 @@ BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
 # SageMaker's limit for a real-time request; batch transform allows up to 100 MB.
 DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100
+# The names a model may be loaded as (models.py); they also name files (handler.py).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # SageMaker's rule for endpoint and variant names.
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
@@ -65,6 +67,9 @@ class ServingSettings:
     decode_threads: int = 2
     # Where batches pass to the workers as files (batch_files.py); None: inline through MMS.
     batch_files_dir: Path | None = None
+    # Where a worker that refuses an artefact writes why, for serve to answer with
+    # (model_server.py sets it); None: the worker's log line is all.
+    load_reports_dir: Path | None = None
 
     @property
     def max_payload_bytes(self) -> int:
@@ -211,6 +216,7 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
         decode_threads=max(1, cpus),
         batch_files_dir=_read(env, "DAGM_BATCH_FILES_DIR", _directory_or_none,
                               SHARED_MEMORY if SHARED_MEMORY.is_dir() else None, "an absolute directory or none"),
+        load_reports_dir=_read(env, "DAGM_LOAD_REPORTS_DIR", _directory_or_none, None, "an absolute directory or none"),
     )
 
 

@@ -27,16 +27,30 @@ def _body(item) -> bytes | bytearray:
     return body if isinstance(body, (bytes, bytearray)) else bytes(body or b"")
 
 
+def _report(settings: environment.ServingSettings, model_name: str, message: str) -> None:
+    """Leave `message` where serve reads why this model was refused (model_server.py)."""
+    if settings.load_reports_dir is None or not environment.MODEL_NAME.match(model_name):
+        return
+    report = settings.load_reports_dir / model_name
+    partial = report.with_name(f".{model_name}.{os.getpid()}")
+    try:
+        partial.write_text(message + "\n")
+        os.replace(partial, report)
+    except OSError as exc:
+        print(f"worker {os.getpid()}: cannot write {report}: {exc}", flush=True)
+
+
 def handle(data, context):
     global _service
     if data is None:  # MMS's load call
+        settings = environment.from_env()
         gpu_id = context.system_properties.get("gpu_id")
         try:
-            _service = Service.load(context.system_properties["model_dir"], environment.from_env(), gpu_id)
+            _service = Service.load(context.system_properties["model_dir"], settings, gpu_id)
         except ArtifactError as exc:
-            # serve checks the artefact alongside and says what is wrong with it; MMS would
-            # log a worker traceback that only repeats that. The load fails all the same.
+            # serve answers with this message; MMS would log a traceback that only repeats it.
             print(f"worker {os.getpid()}: cannot load the model: {exc}", flush=True)
+            _report(settings, context.model_name, str(exc))
             raise SystemExit(1) from None
         return None
     return [_service.answer(_body(item)) for item in data]

@@ -51,6 +51,10 @@ class ModelServerError(RuntimeError):
         self.status = status
 
 
+class ModelRefused(ModelServerError):
+    """The workers could not load the artefact; the message is theirs (handler.py)."""
+
+
 def _free_port(candidates: list[int], taken: set[int]) -> int:
     for port in candidates:
         if port in taken:
@@ -99,6 +103,8 @@ class ModelServer:
         self.log_config = log_config
         self.work_dir = work_dir
         self.ports = Ports.pick(settings)
+        # Where a worker that refuses an artefact leaves its reason, a file per model name.
+        self.load_reports = work_dir / "load-reports"
         self.process: subprocess.Popen | None = None
         self._workers: set[psutil.Process] = set()
 
@@ -122,11 +128,13 @@ class ModelServer:
             "METRICS_LOCATION": str(self.work_dir / "logs"),
             # The workers read batches from and write answers to this directory only.
             "DAGM_BATCH_FILES_DIR": str(self.batch_dir) if self.batch_dir else "none",
+            "DAGM_LOAD_REPORTS_DIR": str(self.load_reports),
         }
         return env
 
     def start(self) -> None:
         self._workers = set()
+        self.load_reports.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "mms.model_server", "--start", "--foreground",
             "--mms-config", str(self.config_file), "--model-store", "/",
@@ -169,10 +177,22 @@ class ModelServer:
             "batch_size": 1,
             "initial_workers": s.workers, "synchronous": "true", "response_timeout": s.response_timeout_s,
         })
+        report = self.load_reports / name
+        report.unlink(missing_ok=True)
         status, body = self._call("POST", f"/models?{query}", timeout=timeout)
         if status != 200:
+            if report.is_file():
+                self._forget(name)
+                raise ModelRefused(status, report.read_text(errors="replace").strip())
             raise ModelServerError(status, f"loading model {name!r} failed: {error_message(body)}")
         self._workers |= self._worker_processes()
+
+    def _forget(self, name: str) -> None:
+        """Unregister a model whose workers failed to load, so its name can be loaded again."""
+        try:
+            self._call("DELETE", f"/models/{urllib.parse.quote(name)}", timeout=30)
+        except OSError:
+            pass
 
     def _worker_processes(self) -> set[psutil.Process]:
         """MMS's Python worker processes (each socket listener and the child it forked)."""

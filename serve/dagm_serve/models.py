@@ -4,24 +4,23 @@ SageMaker's multi-model contract: `POST /models` {"model_name", "url"} loads (40
 that name is loaded, 507 if there is no memory for it), `GET /models[/{name}]` lists
 and describes, `DELETE /models/{name}` unloads (404 if absent). Single-model serving
 uses the same path for `/opt/ml/model`, so both modes load, check and warm a model
-identically.
+identically: this process reads the artefact's metadata, the MMS workers load and check
+its weights, and a refusal comes back with their message.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
-from dagm_defects.model_files import WEIGHTS_FILE, ArtifactError
+from dagm_defects.model_files import WEIGHTS_FILE, ArtifactError, read_metadata
 from dagm_defects.archive import resolve_model_dir
-from dagm_serve.environment import ServingSettings
-from dagm_serve.model_server import ModelServer, ModelServerError
+from dagm_serve.environment import MODEL_NAME, ServingSettings
+from dagm_serve.model_server import ModelRefused, ModelServer, ModelServerError
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Resident memory of one MMS worker with torch imported and a model warmed up on the
 # CPU (measured: about 550 MB RSS); the weights come on top, once per worker.
 WORKER_MEMORY_MB = 560
@@ -106,7 +105,7 @@ class ModelRegistry:
 
     def resolve(self, name: str, url: str) -> Path:
         """The artefact's directory for `url` (a model.tar.gz unpacked safely first)."""
-        if not NAME.match(name):
+        if not MODEL_NAME.match(name):
             raise RegistryError(HTTPStatus.BAD_REQUEST,
                                 f"model name {name!r} must be 1-128 letters, digits, '.', '_' or '-'")
         try:
@@ -114,26 +113,23 @@ class ModelRegistry:
         except ArtifactError as exc:
             raise RegistryError(HTTPStatus.BAD_REQUEST, str(exc)) from None
 
-    def check(self, url: str, model_dir: Path) -> LoadedModel:
-        """The artefact loaded and answering finite scores, since a clear message here
-        beats an MMS worker that fails to start."""
-        # torch is imported here, on first use, in a thread while MMS boots: importing it
-        # before MMS starts cost a second of cold start (python -X importtime).
-        from dagm_defects.artifact import load_artifact
-        from dagm_serve.predictor import check_outputs
-
+    def inspect(self, url: str, model_dir: Path) -> LoadedModel:
+        """What the front needs of the artefact, read from its metadata; the workers load
+        the weights and check them (service.py) without this process importing torch."""
         try:
-            artifact = load_artifact(model_dir)
-            check_outputs(artifact)
+            metadata = read_metadata(model_dir)
         except ArtifactError as exc:
             raise RegistryError(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        return LoadedModel(url, model_dir, artifact.image_size, artifact.threshold)
+        return LoadedModel(url, model_dir, metadata.config.image_size, metadata.threshold)
 
     def register(self, name: str, model_dir: Path) -> None:
-        """MMS's workers load `model_dir` as `name` (it is not served until `add`)."""
+        """MMS's workers load `model_dir` as `name` (it is not served until `add`); an
+        artefact they refuse is the request's fault (400) and says why."""
         self._check_memory(name, model_dir)
         try:
             self.server.register(name, model_dir)
+        except ModelRefused as exc:
+            raise RegistryError(HTTPStatus.BAD_REQUEST, str(exc)) from None
         except ModelServerError as exc:
             raise RegistryError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
 
@@ -142,11 +138,11 @@ class ModelRegistry:
             self._models[name] = model
 
     def load(self, name: str, url: str) -> dict:
-        """Check `url`, then load it as `name` into MMS."""
+        """Load `url` as `name` into MMS."""
         with self._lock:
             if name in self._models:
                 raise RegistryError(HTTPStatus.CONFLICT, f"model {name!r} is already loaded")
-            model = self.check(url, self.resolve(name, url))
+            model = self.inspect(url, self.resolve(name, url))
             self.register(name, model.model_dir)
             self._models[name] = model
         return {"status": f"model {name!r} loaded"}

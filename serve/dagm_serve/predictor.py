@@ -13,16 +13,6 @@ from dagm_defects.device import Device
 from dagm_defects.model import inference_copy, predict
 
 
-def check_outputs(artifact: Artifact) -> None:
-    """Refuse weights that answer NaN or infinity: such a model would pass /ping and then
-    answer every request with nonsense."""
-    size = artifact.image_size
-    probs, maps = predict(artifact.model, torch.full((1, 1, size, size), 128, dtype=torch.uint8))
-    if not (torch.isfinite(probs).all() and torch.isfinite(maps).all()):
-        raise ArtifactError(f"model produces non-finite scores (NaN or infinity) on a plain gray {size}x{size} "
-                            "image: its weights are broken")
-
-
 class Predictor:
     def __init__(self, artifact: Artifact, device: Device):
         self.image_size = artifact.image_size
@@ -43,6 +33,15 @@ class Predictor:
     def forward_id(self) -> str:
         """Which forward pass answered: equal ids mean one pass served those images."""
         return f"{os.getpid()}-{self.forward_passes}"
+
+    def check_finite(self) -> None:
+        """Refuse weights that answer NaN or infinity: such a model would pass /ping and
+        then answer every request with nonsense."""
+        size = self.image_size
+        probs, maps = self.forward(np.full((1, size, size), 128, np.uint8))
+        if not (np.isfinite(probs).all() and np.isfinite(maps).all()):
+            raise ArtifactError(f"model produces non-finite scores (NaN or infinity) on a plain gray {size}x{size} "
+                                "image: its weights are broken")
 
     def warm_up(self, batch_size: int) -> None:
         """One pass at the batch size the front sends, so the first request is not the one

@@ -14,7 +14,8 @@ from dagm_defects.artifact import Artifact, ArtifactError, load_artifact
 from dagm_defects.data.arrays import ArraySet, load_arrays
 from dagm_defects.device import Device
 from dagm_defects.evaluation import metrics
-from dagm_defects.model import ModelConfig, SegDecNet
+from dagm_defects.model import SegDecNet
+from dagm_defects.model_config import ModelConfig
 from dagm_defects.training.loop import predict_arrays
 from dagm_defects.training.settings import TrainingSettings
 

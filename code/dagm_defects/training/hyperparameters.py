@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from dagm_defects.model import ModelConfig, image_size_requirement
+from dagm_defects.model_config import ModelConfig, image_size_requirement
 
 ALL_CLASSES = tuple(range(1, 11))
 
