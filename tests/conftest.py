@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -23,6 +22,7 @@ from botocore.config import Config
 from PIL import Image
 
 from dagm_defects.data.synthetic import generate_dataset
+from local_aws.hosting import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_LOCAL = REPO / "local_test" / "train_local.sh"
@@ -110,22 +110,6 @@ def trained_job(tiny_dataset, tmp_path_factory) -> Job:
 
 
 SERVE_LOCAL = REPO / "local_test" / "serve_local.sh"
-
-
-_PORTS_GIVEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port not handed out before in this session: the kernel may offer a port
-    again once its probe closed, and two servers started side by side then shared their
-    log file and /opt/ml (serve_local.sh keys both on the port)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in _PORTS_GIVEN:
-            _PORTS_GIVEN.add(port)
-            return port
 
 
 @dataclass

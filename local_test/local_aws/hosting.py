@@ -26,10 +26,20 @@ SERVE_LOCAL = REPO / "local_test" / "serve_local.sh"
 READY_TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+_PORTS_GIVEN: set[int] = set()
+
+
+def free_port() -> int:
+    """A free port not handed out before by this process: the kernel may offer a closed
+    probe's port again, and two servers started side by side then raced for it (and,
+    through serve_local.sh, shared a log file and an /opt/ml)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def identity(model_name: str, model_data: bytes, environment: dict[str, str]) -> tuple:
@@ -45,7 +55,7 @@ class VariantProcess:
         self.dir = work / f"{model_name}-{os.urandom(4).hex()}"
         (self.dir / "model").mkdir(parents=True)
         (self.dir / "model" / "model.tar.gz").write_bytes(model_data)
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = self.dir / "serve.log"
         self.in_flight, self.counting = 0, threading.Lock()
         with open(self.log_path, "w") as log:
