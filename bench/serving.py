@@ -15,6 +15,10 @@ with the default architecture (ModelConfig(), 512x512), then measures on the sam
   latency            sequential single-PNG requests over HTTP, p50/p99, vs the same
                      single-image path in-process (a forward pass of one image);
                      `added_p50_ms` is served p50 - in-process p50 (target: <= 1 ms)
+  processes          the front's resident memory once ready, and the CPU seconds each
+                     part of the server (front, MMS, model workers) used while serving
+                     the 16-image x-npy bodies: what shares the cores with the
+                     workers' forward passes
   drift watch        the worker's Service.answer on a batch of 16 with
                      InputWatch.observe(images, scores >= threshold) (drift.py) vs
                      without, as a throughput ratio, and observe's own cost per batch
@@ -62,6 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 BATCH = 16
 TARGET_RATIO = 0.95
 TARGET_ADDED_P50_MS = 1.0
+TARGET_COLD_START_S = 3.0
 READY_TIMEOUT_S = 180
 
 
@@ -99,8 +104,8 @@ def log_tail(log: Path, lines: int = 20) -> str:
 
 @contextlib.contextmanager
 def serving(model_dir: Path, port: int, log: Path):
-    """The serve process, yielding its cold start: seconds from spawn to the first 200 on
-    /ping. Stopped on leaving, whatever happened."""
+    """The serve process, yielding its cold start (seconds from spawn to the first 200 on
+    /ping) and the process. Stopped on leaving, whatever happened."""
     env = {**os.environ, "NO_DOCKER": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     with log.open("wb") as out:
         started = time.perf_counter()
@@ -113,7 +118,7 @@ def serving(model_dir: Path, port: int, log: Path):
             if time.perf_counter() - started > READY_TIMEOUT_S:
                 raise RuntimeError(f"serve was not ready within {READY_TIMEOUT_S} s")
             time.sleep(0.02)
-        yield time.perf_counter() - started
+        yield time.perf_counter() - started, process
     except BaseException:  # what serve said may tell why
         print(f"serve's log, last lines:\n{log_tail(log)}", file=sys.stderr, flush=True)
         raise
@@ -242,15 +247,31 @@ def max_score_difference(served: bytes, in_process: bytes) -> float:
 
 
 # Measurements ----------------------------------------------------------------------
-def throughput(port: int, local: InProcess, cases: dict, seconds: float) -> dict:
+def cpu_seconds_by_part(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by serve itself (the front), MMS and the model workers."""
+    parts = {"front": 0.0, "model_server": 0.0, "workers": 0.0}
+    serve = psutil.Process(pid)
+    for process in [serve, *serve.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            part = ("front" if process.pid == pid else
+                    "workers" if "model_service_worker" in " ".join(process.cmdline()) else "model_server")
+            parts[part] += times.user + times.system
+    return parts
+
+
+def throughput(port: int, server_pid: int, local: InProcess, cases: dict, seconds: float) -> tuple[dict, dict]:
     """Per case (bodies, content type, images per body, concurrent clients): in-process
-    then served images/s, back to back."""
-    rates = {"in_process": {}, "served": {}}
+    then served images/s, back to back; and the CPU seconds by part while serving each."""
+    rates, cpu = {"in_process": {}, "served": {}}, {}
     for name, (bodies, content_type, images, concurrency) in cases.items():
         requests = [(body, content_type) for body in bodies]
         rates["in_process"][name] = local_rate(lambda requests=requests: local.answer(requests), images * len(bodies), seconds)
+        before = cpu_seconds_by_part(server_pid)
         rates["served"][name] = served_rate(port, bodies, content_type, images, concurrency, seconds)
-    return rates
+        after = cpu_seconds_by_part(server_pid)
+        cpu[name] = {part: round(after[part] - before[part], 2) for part in after}
+    return rates, cpu
 
 
 def drift_watch(predictor: Predictor, resized: np.ndarray, seconds: float) -> dict:
@@ -298,12 +319,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     settings = environment.from_env()
 
     port = free_port()
-    with serving(model_dir, port, work / "serve.log") as cold_start:
+    with serving(model_dir, port, work / "serve.log") as (cold_start, server):
+        front_rss_mb = psutil.Process(server.pid).memory_info().rss / 2**20
         local = InProcess(model_dir, settings)
         arrays = np.stack([images[0] for images, _ in (local.decode(b, PNG) for b in pngs)])
         npy_body = npy(arrays)
         json_body = json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in pngs]}).encode()
-        rates = throughput(port, local, {
+        rates, cpu = throughput(port, server.pid, local, {
             "png_single": (pngs, PNG, 1, 4 * args.clients),
             "npy_16": ([npy_body], NPY, BATCH, args.clients),
             "json_png_16": ([json_body], JSON, BATCH, args.clients),
@@ -323,6 +345,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "workers": settings.workers,
         "server_batch_size": settings.server_batch_size, "clients": args.clients, "seconds": args.seconds,
         "cold_start_s": round(cold_start, 2),
+        "front_rss_mb": round(front_rss_mb),
+        f"cpu_s_while_serving_for_{args.seconds:g}_s": cpu,
         "images_per_s": {side: {k: round(v, 1) for k, v in by_case.items()} for side, by_case in rates.items()},
         "served_over_in_process": ratios,
         "latency_ms_single_png": {
@@ -336,6 +360,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             f"png_single_ratio_ge_{TARGET_RATIO}": ratios["png_single"] >= TARGET_RATIO,
             f"npy_16_ratio_ge_{TARGET_RATIO}": ratios["npy_16"] >= TARGET_RATIO,
             f"added_p50_ms_le_{TARGET_ADDED_P50_MS}": added_p50 <= TARGET_ADDED_P50_MS,
+            f"cold_start_s_le_{TARGET_COLD_START_S}": cold_start <= TARGET_COLD_START_S,
         },
     }
 
