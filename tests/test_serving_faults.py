@@ -228,6 +228,44 @@ def test_sigterm_during_start_up_stops_cleanly_and_says_so(start_server, untrain
     assert not left, [p.cmdline() for p in left]
 
 
+def test_sigterm_as_soon_as_mms_starts_stops_cleanly(start_server, untrained_model):
+    """serve starts MMS before it imports its HTTP front: a signal in that window must
+    still stop everything, MMS included."""
+    server = start_server(untrained_model, ready=False)
+    deadline = time.monotonic() + 30
+    while not (mms := [p for p in psutil.Process(server.process.pid).children(recursive=True)
+                       if "mms.model_server" in command_line(p)]):
+        assert time.monotonic() < deadline, server.output
+        time.sleep(0.01)
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+    assert "SIGTERM received during start-up: stopped" in server.output
+    # MMS runs in a process group of its own (its JVM and workers too): none of it is
+    # left once the last exited process is collected.
+    deadline = time.monotonic() + 10
+    while group_alive(mms[0].pid):
+        assert time.monotonic() < deadline, "MMS's process group outlived serve"
+        time.sleep(0.1)
+
+
+def command_line(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone between listing and reading: not the one wanted
+        return ""
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group is still running (zombies do not count)."""
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
 def test_sigterm_answers_the_requests_in_flight_first(start_server, untrained_model):
     server = start_server(untrained_model, DAGM_SERVER_BATCH_DELAY_MS="1500", DAGM_SERVER_BATCH_SIZE="64")
     replies: list = [None] * 3

@@ -1,14 +1,11 @@
 """`serve`: the serving image's entry point (docker/entrypoint.sh serve).
 
-Order of events: bind the public port (so /ping says 503 rather than nothing), start
-MMS on private ports, unpack the artefact and read its metadata while MMS boots, have
-MMS's workers load, check and warm up the model, then let /ping say 200 and start the
-supervisor.
-A broken artefact or a bad setting ends the process with a message and exit code 1 (2
-for settings) instead of a server answering 500 forever. SIGTERM or SIGINT at any
-moment ends it cleanly with exit code 0 and a line saying where it was: during
-start-up at once, while serving after the in-flight requests were answered (at most
-DAGM_DRAIN_SECONDS), then MMS's whole process group is stopped.
+It reads the settings and starts multi-model-server on private ports before anything
+else: MMS's JVM takes 1.5-2 s to answer and importing the HTTP front (aiohttp, the
+codecs) about 0.9 s, so the two overlap instead of adding up; lifecycle.py does the
+rest. A bad setting ends the process with exit code 2 and a message, a broken artefact
+with exit code 1, never a server answering 500 forever. Whatever ends it, MMS's whole
+process group is stopped.
 """
 
 from __future__ import annotations
@@ -19,23 +16,11 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-from aiohttp import web
 
 from dagm_serve import environment
 from dagm_serve.batch_files import BatchFiles
-from dagm_serve.front import SINGLE_MODEL, Front
-from dagm_serve.model_server import ModelServer, ModelServerError, become_subreaper
-from dagm_serve.models import ModelRegistry, RegistryError
-from dagm_serve.supervisor import Supervisor
-
-log = logging.getLogger("dagm_serve")
-
-
-class Failed(Exception):
-    """Start-up cannot go on; the message says why."""
+from dagm_serve.model_server import ModelServer, become_subreaper
 
 
 def _fail(message: str, code: int) -> int:
@@ -50,87 +35,24 @@ def main() -> int:
         config_file, log_config = environment.mms_files()
     except environment.SettingsError as exc:
         return _fail(str(exc), 2)
+    # Until lifecycle.py's event loop takes the signals over, one is noted rather than
+    # obeyed mid-step, so that MMS, once started, is always stopped below.
+    received: list[str] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: received.append(signal.Signals(number).name))
     become_subreaper()
     work_dir = Path(tempfile.mkdtemp(prefix="dagm-serve-"))
     batch_files = BatchFiles.create(settings.batch_files_dir)
     server = ModelServer(settings, config_file, log_config, work_dir, batch_files.directory)
     try:
-        return asyncio.run(_serve(settings, server, work_dir, batch_files))
-    except Failed as exc:
-        return _fail(str(exc), 1)
+        server.start()
+        from dagm_serve import lifecycle  # imported once MMS is starting: see above
+
+        try:
+            return asyncio.run(lifecycle.run(settings, server, work_dir, batch_files, received))
+        except lifecycle.Failed as exc:
+            return _fail(str(exc), 1)
     finally:
         server.stop()
         batch_files.close()
         shutil.rmtree(work_dir, ignore_errors=True)
-
-
-async def _start_models(settings: environment.ServingSettings, server: ModelServer, registry: ModelRegistry) -> None:
-    """MMS boots while this process unpacks the artefact and reads its metadata; then
-    MMS's workers import torch, load the weights and check them. This process never
-    imports torch: on 2 cores a second import beside the workers' cost the cold start
-    about a second, and every container a few hundred MB."""
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, server.start)
-    if settings.multi_model:
-        await loop.run_in_executor(None, server.wait_until_up)
-        return
-    url = str(settings.model_dir)
-    model_dir = await loop.run_in_executor(None, registry.resolve, SINGLE_MODEL, url)
-    model = registry.inspect(url, model_dir)
-    await loop.run_in_executor(None, server.wait_until_up)
-    await loop.run_in_executor(None, registry.register, SINGLE_MODEL, model_dir)
-    registry.add(SINGLE_MODEL, model)
-
-
-async def _serve(settings: environment.ServingSettings, server: ModelServer, work_dir: Path,
-                 batch_files: BatchFiles) -> int:
-    started = time.monotonic()
-    loop = asyncio.get_running_loop()
-    stop, received = asyncio.Event(), []
-
-    def on_signal(signum: int) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    registry = ModelRegistry(server, settings, work_dir / "models")
-    supervisor = Supervisor(registry)
-    front = Front(settings, registry, supervisor, batch_files)
-    runner = web.AppRunner(front.app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_s,
-                           keepalive_timeout=settings.idle_timeout_s)
-    await runner.setup()
-    front.guard.server = runner.server
-    try:
-        await web.TCPSite(runner, "0.0.0.0", settings.port, reuse_address=True).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise Failed(f"cannot listen on port {settings.port}: {exc}") from None
-    watching = None
-    try:
-        startup = loop.create_task(_start_models(settings, server, registry))
-        stopping = loop.create_task(stop.wait())
-        await asyncio.wait([startup, stopping], return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            startup.cancel()
-            log.info("%s received during start-up: stopped", received[0])
-            return 0
-        stopping.cancel()
-        try:
-            startup.result()
-        except (ModelServerError, RegistryError) as exc:
-            raise Failed(str(exc)) from None
-        front.ready = True
-        watching = loop.create_task(supervisor.run())
-        mode = "multi-model" if settings.multi_model else f"model from {settings.model_dir}"
-        log.info("ready in %.1f s: port %d, %s, %d worker(s), batches of up to %d (%d ms delay)",
-                 time.monotonic() - started, settings.port, mode, settings.workers,
-                 settings.server_batch_size, settings.server_batch_delay_ms)
-        await stop.wait()
-        log.info("%s received: answering %d in-flight request(s) (at most %d s), then stopping",
-                 received[0], front.guard.in_flight, settings.drain_s)
-        return 0
-    finally:
-        if watching is not None:
-            watching.cancel()
-        await runner.cleanup()
