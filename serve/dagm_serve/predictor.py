@@ -34,19 +34,16 @@ class Predictor:
         """Which forward pass answered: equal ids mean one pass served those images."""
         return f"{os.getpid()}-{self.forward_passes}"
 
-    def check_finite(self) -> None:
-        """Refuse weights that answer NaN or infinity: such a model would pass /ping and
-        then answer every request with nonsense."""
+    def warm_up(self, batch_size: int) -> None:
+        """One pass at the batch size the front sends, so the first request is not the one
+        that pays for kernel selection and allocator growth. The same pass refuses
+        weights that answer NaN or infinity: such a model would pass /ping and then
+        answer every request with nonsense."""
         size = self.image_size
-        probs, maps = self.forward(np.full((1, size, size), 128, np.uint8))
+        probs, maps = self.forward(np.full((batch_size, size, size), 128, np.uint8))
         if not (np.isfinite(probs).all() and np.isfinite(maps).all()):
             raise ArtifactError(f"model produces non-finite scores (NaN or infinity) on a plain gray {size}x{size} "
                                 "image: its weights are broken")
-
-    def warm_up(self, batch_size: int) -> None:
-        """One pass at the batch size the front sends, so the first request is not the one
-        that pays for kernel selection and allocator growth."""
-        self.forward(np.zeros((batch_size, self.image_size, self.image_size), np.uint8))
 
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Defect probabilities (N) and probability maps (N x S/d x S/d) of N x S x S uint8

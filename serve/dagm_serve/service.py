@@ -59,7 +59,6 @@ class Service:
     def load(cls, model_dir: str | Path, settings: ServingSettings, gpu_id: int | None) -> "Service":
         started = time.monotonic()
         predictor = Predictor.load(model_dir, select_device(settings, gpu_id))
-        predictor.check_finite()
         predictor.warm_up(settings.server_batch_size)
         service = cls(predictor, input_watch(settings, predictor), settings.batch_files_dir)
         # MMS copies worker output into its log: this line is the worker's readiness.
