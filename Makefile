@@ -5,13 +5,15 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
+# MMS's JVM class-data archive (serve/dagm_serve/class_archive.py), where serve looks for it.
+CLASS_ARCHIVE := $(VENV)/share/dagm-serve/mms-classes.jsa
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 
 .PHONY: venv locks demo test bench bench-real images image-test local-aws clean
 
-venv: $(VENV_STAMP)
+venv: $(VENV_STAMP) $(CLASS_ARCHIVE)
 
 # editable_mode=compat: a plain path entry per project; setuptools' default import finders
 # cost every Python process the tests start about 0.3 s more (measured with torch's import).
@@ -24,6 +26,10 @@ $(VENV_STAMP): requirements/train.lock requirements/serve.lock requirements/depl
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat \
 		-e ./code -e ./serve -e ./deploy
 	touch $@
+
+$(CLASS_ARCHIVE): $(VENV_STAMP) docker/mms.properties
+	MMS_CONFIG_FILE=docker/mms.properties DAGM_MMS_LOG_CONFIG=docker/mms-log4j2.xml \
+		$(VENV)/bin/dagm-mms-class-archive $@
 
 # Rewrite requirements/*.lock from the pyproject.toml files and what .venv has installed.
 locks: venv

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Where Dockerfile.serve has dagm-mms-class-archive write MMS's JVM class-data archive.
+CLASS_ARCHIVE = "/opt/venv/share/dagm-serve/mms-classes.jsa"
 IMAGES = {"train": "localhost/dagm-defects-train:image-test", "serve": "localhost/dagm-defects-serve:image-test"}
 BASE_IMAGE = "localhost/dagm-python-base:bookworm"
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -140,6 +142,10 @@ class Engine:
     def shell(self, kind: str, script: str, *args: str) -> str:
         raise NotImplementedError
 
+    def mapped_files(self, kind: str, process: subprocess.Popen, program: str) -> str:
+        """/proc/PID/maps of the running container's processes named `program`."""
+        raise NotImplementedError
+
     def config(self, kind: str) -> dict:
         """The image's config: Labels, User, Entrypoint, Cmd, Env."""
         raise NotImplementedError
@@ -192,6 +198,11 @@ class Docker(Engine):
     def shell(self, kind, script, *args):
         return run(["docker", "run", "--rm", "--user", "0", "--entrypoint", "/bin/sh", IMAGES[kind], "-c", script,
                     "sh", *args], quiet=True).stdout
+
+    def mapped_files(self, kind, process, program):
+        script = 'for d in /proc/[0-9]*; do [ "$(cat "$d/comm")" = "$1" ] && cat "$d/maps"; done; true'
+        return run(["docker", "exec", "--user", "0", self.containers[kind], "/bin/sh", "-c", script, "sh", program],
+                   quiet=True).stdout
 
     def config(self, kind):
         out = run(["docker", "image", "inspect", "--format", "{{json .Config}}", IMAGES[kind]], quiet=True).stdout
@@ -290,6 +301,14 @@ class Buildah(Engine):
 
     def leftovers(self, kind):
         return [f"{pid} {command_line(pid)}" for pid in self.processes(self.roots[kind])]
+
+    def mapped_files(self, kind, process, program):
+        maps = ""
+        for pid in self.processes(self.container_root(process)):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == program:
+                    maps += Path(f"/proc/{pid}/maps").read_text()
+        return maps
 
     def kill(self, kind, process):
         # Killing `buildah run` alone leaves the container's processes running (chroot
@@ -534,6 +553,8 @@ def test_serve(engine: Engine, model: Path) -> None:
                         break
             time.sleep(0.5)
         log(f"   serve: /ping 200 after {time.monotonic() - started:.1f} s")
+        check(CLASS_ARCHIVE in engine.mapped_files("serve", process, "java"),
+              f"MMS's JVM did not map its class-data archive {CLASS_ARCHIVE} (Dockerfile.serve builds it)")
         status, answer = post(port, png(1), "image/png")
         check(status == 200 and "predictions" in answer, f"/invocations with a PNG answered {status}: {answer}")
         prediction = answer["predictions"][0]

@@ -4,6 +4,7 @@ a broken artefact or setting, and the image's entry-point dispatch."""
 from __future__ import annotations
 
 import io
+import subprocess
 import shutil
 import tarfile
 import threading
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 
-from conftest import nan_model, npy
+from conftest import REPO, job_env, nan_model, npy
 
 pytestmark = pytest.mark.slow
 
@@ -159,3 +160,34 @@ def test_serves_a_model_tar_gz(start_server, trained_job, tmp_path):
     reply = server.post("/invocations", npy(np.zeros((2, 128, 128), np.uint8)), "application/x-npy")
     assert reply.status == 200 and len(reply.json()["predictions"]) == 2
 
+
+
+def test_the_jvm_maps_the_class_archive_and_starts_without_a_broken_one(start_server, untrained_model, tmp_path):
+    archive = tmp_path / "share" / "classes.jsa"
+    env = {**job_env(), "MMS_CONFIG_FILE": str(REPO / "docker" / "mms.properties"),
+           "DAGM_MMS_LOG_CONFIG": str(REPO / "docker" / "mms-log4j2.xml")}
+    built = subprocess.run(["dagm-mms-class-archive", str(archive)], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert built.returncode == 0, built.stderr
+    assert f"wrote {archive}" in built.stdout and archive.stat().st_size > 2**20
+    assert not list(archive.parent.glob("*.partial"))
+
+    def java_maps(server) -> str:
+        tree = psutil.Process(server.process.pid).children(recursive=True)
+        (java,) = [p for p in tree if p.name() == "java"]
+        return Path(f"/proc/{java.pid}/maps").read_text()
+
+    server = start_server(untrained_model, DAGM_MMS_CLASS_ARCHIVE=str(archive))
+    assert str(archive) in java_maps(server)
+    assert server.post("/invocations", npy(np.zeros((64, 64), np.uint8)), "application/x-npy").status == 200
+    assert server.stop() == 0
+
+    # Garbage where the archive should be (a Java upgrade makes a stale one): MMS starts
+    # and answers all the same, having loaded its classes from the jars.
+    archive.write_bytes(np.random.default_rng(0).bytes(2**20))
+    server = start_server(untrained_model, DAGM_MMS_CLASS_ARCHIVE=str(archive))
+    assert server.post("/invocations", npy(np.zeros((64, 64), np.uint8)), "application/x-npy").status == 200
+
+    missing = subprocess.run(["dagm-mms-class-archive", str(archive)], env={**job_env(), "MMS_CONFIG_FILE": ""},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "MMS_CONFIG_FILE" in missing.stderr

@@ -12,11 +12,13 @@ from __future__ import annotations
 import glob
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
-from dagm_serve.codec import Limits
+if TYPE_CHECKING:
+    from dagm_serve.codec import Limits
 
 T = TypeVar("T")
 
@@ -28,6 +30,9 @@ DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100
 # The names a model may be loaded as (models.py); they also name files (handler.py).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Where `dagm-mms-class-archive` writes MMS's class-data archive unless told otherwise:
+# beside the installed packages, so the image and a checkout's .venv each have their own.
+DEFAULT_CLASS_ARCHIVE = Path(sys.prefix) / "share" / "dagm-serve" / "mms-classes.jsa"
 # SageMaker's rule for endpoint and variant names.
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
@@ -70,12 +75,18 @@ class ServingSettings:
     # Where a worker that refuses an artefact writes why, for serve to answer with
     # (model_server.py sets it); None: the worker's log line is all.
     load_reports_dir: Path | None = None
+    # MMS's JVM maps the classes it loads at start-up from this archive when it exists
+    # (class_archive.py); None: it loads them from its jars.
+    mms_class_archive: Path | None = None
 
     @property
     def max_payload_bytes(self) -> int:
         return self.max_payload_mb * 1024 * 1024
 
     def limits(self) -> Limits:
+        # codec brings numpy and Pillow, which serve does not need before MMS is starting.
+        from dagm_serve.codec import Limits
+
         return Limits(self.max_images_per_request, self.max_pixels_per_request)
 
     def execution_parameters(self) -> dict:
@@ -131,7 +142,7 @@ def _name(raw: str) -> str:
     return raw
 
 
-def _directory_or_none(raw: str) -> Path | None:
+def _absolute_path_or_none(raw: str) -> Path | None:
     if raw.lower() == "none":
         return None
     if not raw.startswith("/"):
@@ -214,9 +225,11 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
         idle_timeout_s=_read(env, "DAGM_IDLE_TIMEOUT_SECONDS", _bounded_int(1, 3600), 60, "seconds from 1 to 3600"),
         drain_s=_read(env, "DAGM_DRAIN_SECONDS", _bounded_int(0, 3600), 25, "seconds from 0 to 3600"),
         decode_threads=max(1, cpus),
-        batch_files_dir=_read(env, "DAGM_BATCH_FILES_DIR", _directory_or_none,
+        batch_files_dir=_read(env, "DAGM_BATCH_FILES_DIR", _absolute_path_or_none,
                               SHARED_MEMORY if SHARED_MEMORY.is_dir() else None, "an absolute directory or none"),
-        load_reports_dir=_read(env, "DAGM_LOAD_REPORTS_DIR", _directory_or_none, None, "an absolute directory or none"),
+        load_reports_dir=_read(env, "DAGM_LOAD_REPORTS_DIR", _absolute_path_or_none, None, "an absolute directory or none"),
+        mms_class_archive=_read(env, "DAGM_MMS_CLASS_ARCHIVE", _absolute_path_or_none, DEFAULT_CLASS_ARCHIVE,
+                                "an absolute file path or none"),
     )
 
 
@@ -229,5 +242,5 @@ def mms_files(env: Mapping[str, str] | None = None) -> tuple[Path, Path]:
         value = env.get(name, "").strip()
         if not value or not Path(value).is_file():
             raise SettingsError(f"{name}={value!r} is not a file (docker/entrypoint.sh sets it)")
-        files.append(Path(value))
+        files.append(Path(value).absolute())  # MMS runs in a directory of its own
     return files[0], files[1]

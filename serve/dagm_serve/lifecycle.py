@@ -48,6 +48,12 @@ async def _start_models(settings: environment.ServingSettings, server: ModelServ
     registry.add(SINGLE_MODEL, model)
 
 
+def serve(settings: environment.ServingSettings, server: ModelServer, work_dir: Path,
+          batch_files: BatchFiles, received: list[str]) -> int:
+    """`run` in a fresh event loop."""
+    return asyncio.run(run(settings, server, work_dir, batch_files, received))
+
+
 async def run(settings: environment.ServingSettings, server: ModelServer, work_dir: Path,
               batch_files: BatchFiles, received: list[str]) -> int:
     """Serve until SIGTERM or SIGINT; `received` holds the signals that came before this

@@ -96,8 +96,13 @@ def error_message(body: bytes) -> str:
 
 class ModelServer:
     def __init__(self, settings: ServingSettings, config_file: Path, log_config: Path, work_dir: Path,
-                 batch_dir: Path | None = None):
+                 batch_dir: Path | None = None, java_options: tuple[str, ...] | None = None):
         self.settings = settings
+        archive = settings.mms_class_archive
+        # JVM options of this server's own (class_archive.py); by default the class-data
+        # archive when one was built: the JVM starts in about half the CPU time.
+        self.java_options = java_options if java_options is not None else (
+            (f"-XX:SharedArchiveFile={archive}",) if archive and archive.is_file() else ())
         self.batch_dir = batch_dir
         self.config_file = config_file
         self.log_config = log_config
@@ -130,6 +135,8 @@ class ModelServer:
             "DAGM_BATCH_FILES_DIR": str(self.batch_dir) if self.batch_dir else "none",
             "DAGM_LOAD_REPORTS_DIR": str(self.load_reports),
         }
+        if self.java_options:
+            env["JAVA_TOOL_OPTIONS"] = " ".join(filter(None, (os.environ.get("JAVA_TOOL_OPTIONS"), *self.java_options)))
         return env
 
     def start(self) -> None:
@@ -140,7 +147,11 @@ class ModelServer:
             "--mms-config", str(self.config_file), "--model-store", "/",
             "--log-config", str(self.log_config),
         ]
-        self.process = subprocess.Popen(command, env=self._environment(), start_new_session=True)
+        # MMS's launcher puts "." first on the JVM's class path, and the JVM uses a class-data
+        # archive only while every directory on that path is empty.
+        java_dir = self.work_dir / "java"
+        java_dir.mkdir(exist_ok=True)
+        self.process = subprocess.Popen(command, env=self._environment(), cwd=java_dir, start_new_session=True)
 
     @property
     def running(self) -> bool:
