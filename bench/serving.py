@@ -312,7 +312,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     if model_dir is None:
         torch.manual_seed(0)
         model_dir = save_artifact(work / "model", build_model(ModelConfig()), 0.5, [1], {})
-    generate_dataset(work / "data", classes=[1], images_per_split=BATCH, size=512, seed=0, workers=1)
+    generate_dataset(work / "data", classes=[1], images_per_split=BATCH, size=512, seed=0, workers=1,
+                     stream=sys.stderr)  # stdout is the JSON report
     pngs = [p.read_bytes() for p in sorted((work / "data" / "Class1" / "Test").glob("*.PNG"))][:BATCH]
     # Both sides on the CPU unless told otherwise; the server inherits this environment.
     os.environ.setdefault("DAGM_DEVICE", "cpu")

@@ -191,3 +191,15 @@ def test_the_jvm_maps_the_class_archive_and_starts_without_a_broken_one(start_se
     missing = subprocess.run(["dagm-mms-class-archive", str(archive)], env={**job_env(), "MMS_CONFIG_FILE": ""},
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "MMS_CONFIG_FILE" in missing.stderr
+
+
+def _worker_environments(server) -> list[dict[str, str]]:
+    tree = psutil.Process(server.process.pid).children(recursive=True)
+    return [p.environ() for p in tree if "model_service_worker" in " ".join(p.cmdline())]
+
+
+@pytest.mark.parametrize("container_value", [None, "ACTIVE"])
+def test_workers_wait_passively_unless_the_container_says_otherwise(start_server, untrained_model, container_value):
+    server = start_server(untrained_model, OMP_WAIT_POLICY=container_value or "")  # "": not set
+    environments = _worker_environments(server)
+    assert environments and {e.get("OMP_WAIT_POLICY") for e in environments} == {container_value or "PASSIVE"}
