@@ -15,6 +15,9 @@ with the default architecture (ModelConfig(), 512x512), then measures on the sam
   latency            sequential single-PNG requests over HTTP, p50/p99, vs the same
                      single-image path in-process (a forward pass of one image);
                      `added_p50_ms` is served p50 - in-process p50 (target: <= 1 ms)
+  allocator          the in-process 16-image npy path with glibc's malloc defaults, then
+                     with allocator.keep_freed_memory() as the workers run (every
+                     in-process figure above and below is taken with it, like the workers')
   processes          the front's resident memory once ready, and the CPU seconds each
                      part of the server (front, MMS, model workers) used while serving
                      the 16-image x-npy bodies: what shares the cores with the
@@ -56,6 +59,7 @@ from dagm_defects.imaging import image_statistics, resize_square, summarize_stat
 from dagm_defects.model import build_model
 from dagm_defects.model_config import ModelConfig
 from dagm_serve import environment, wire
+from dagm_serve.allocator import keep_freed_memory
 from dagm_serve.codec import JSON, NPY, PNG, decode_request, encode_response
 from dagm_serve.input_watch import InputWatch
 from dagm_serve.prediction import Prediction
@@ -274,6 +278,17 @@ def throughput(port: int, server_pid: int, local: InProcess, cases: dict, second
     return rates, cpu
 
 
+def allocator_effect(local: InProcess, npy_body: bytes, seconds: float) -> dict:
+    """In-process images/s for one 16-image npy body under glibc's defaults, then with
+    freed memory kept as in the workers; the process keeps the latter from here on."""
+    step = lambda: local.answer([(npy_body, NPY)])  # noqa: E731
+    defaults = local_rate(step, BATCH, seconds)
+    if not keep_freed_memory():
+        raise RuntimeError("the C library is not glibc: the workers' allocator setting does not apply")
+    kept = local_rate(step, BATCH, seconds)
+    return {"glibc_defaults": round(defaults, 1), "freed_memory_kept": round(kept, 1), "ratio": round(kept / defaults, 3)}
+
+
 def drift_watch(predictor: Predictor, resized: np.ndarray, seconds: float) -> dict:
     """The worker's answer to one batch of 16 with and without the input watch. Observe
     only (nothing is published); the images' own statistics stand in for training's."""
@@ -325,6 +340,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         local = InProcess(model_dir, settings)
         arrays = np.stack([images[0] for images, _ in (local.decode(b, PNG) for b in pngs)])
         npy_body = npy(arrays)
+        allocator = allocator_effect(local, npy_body, args.seconds)
         json_body = json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in pngs]}).encode()
         rates, cpu = throughput(port, server.pid, local, {
             "png_single": (pngs, PNG, 1, 4 * args.clients),
@@ -347,6 +363,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "server_batch_size": settings.server_batch_size, "clients": args.clients, "seconds": args.seconds,
         "cold_start_s": round(cold_start, 2),
         "front_rss_mb": round(front_rss_mb),
+        "in_process_images_per_s_npy_16_allocator": allocator,
         f"cpu_s_while_serving_for_{args.seconds:g}_s": cpu,
         "images_per_s": {side: {k: round(v, 1) for k, v in by_case.items()} for side, by_case in rates.items()},
         "served_over_in_process": ratios,

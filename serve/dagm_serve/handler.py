@@ -14,6 +14,7 @@ import os
 
 from dagm_defects.model_files import ArtifactError
 from dagm_serve import environment
+from dagm_serve.allocator import keep_freed_memory
 from dagm_serve.service import Service
 
 _service: Service | None = None
@@ -43,6 +44,7 @@ def _report(settings: environment.ServingSettings, model_name: str, message: str
 def handle(data, context):
     global _service
     if data is None:  # MMS's load call
+        keep_freed_memory()
         settings = environment.from_env()
         gpu_id = context.system_properties.get("gpu_id")
         try:
