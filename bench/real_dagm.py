@@ -39,6 +39,7 @@ from dagm_defects.data.reader import read_index
 from dagm_defects.data.synthetic import generate_dataset
 from dagm_defects.model import inference_copy, predict
 from dagm_defects.progress import write_line
+from dagm_serve.allocator import keep_freed_memory
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dagm-real"
@@ -67,7 +68,8 @@ def train(data: Path, work: Path, hyperparameters: dict, name: str, test: Path |
 
 
 def inference_rate(model_dir: Path, images: np.ndarray, batch_size: int, seconds: float = 5.0) -> float:
-    """Images/s of the served model's forward pass, batches of genuine images in memory."""
+    """Images/s of the served model's forward pass, batches of genuine images in memory,
+    with freed memory kept as in the serving workers (main sets it)."""
     model = inference_copy(load_artifact(model_dir).model).to(memory_format=torch.channels_last)
     batch = torch.from_numpy(images[:batch_size]).unsqueeze(1).contiguous(memory_format=torch.channels_last)
     predict(model, batch)  # oneDNN picks its kernels on the first call
@@ -127,6 +129,7 @@ def main() -> int:
     size = int(base.get("image_size", 512))
     samples = read_index(args.data, None, splits=("Train",))
     images = load_arrays(samples[:64], size, str(args.data), "decode sample for inference", 1).images
+    keep_freed_memory()  # this process only runs the jobs and the inference figures
     results = {}
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
         work = args.out / f"seed-{seed}"
