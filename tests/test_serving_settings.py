@@ -50,6 +50,7 @@ def test_sagemaker_variables_are_read(tmp_path):
     ("DAGM_SERVER_BATCH_DELAY_MS", "-1"), ("DAGM_DEVICE", "tpu"),
     ("DAGM_ENDPOINT_NAME", "no_underscores"), ("DAGM_VARIANT_NAME", "-dash-first"),
     ("DAGM_DRIFT_PUBLISH_SECONDS", "0"), ("DAGM_BATCH_FILES_DIR", "relative/dir"),
+    ("DAGM_KEEP_FREED_MEMORY", "sometimes"),
 ])
 def test_malformed_values_name_the_variable(name, value):
     with pytest.raises(environment.SettingsError, match=f"{name}={value!r} is invalid"):

@@ -9,6 +9,9 @@ batch: 160 -> 183 images/s for 16-image batches on 2 cores (bench/serving.py mea
 side by side), for about 150 MB more resident memory per worker, which then stays flat
 across batches of every size.
 
+DAGM_KEEP_FREED_MEMORY=false gives that memory back, for a host whose models' workers
+would not fit with it (many models on a multi-model endpoint).
+
 Training gains too little from it to pay its memory: 1.04x images/s in the epoch loop,
 no change in a whole job's wall time, 200 MB more at its peak (one epoch on the
 genuine images, three alternated runs). So only the worker's load call sets it, never

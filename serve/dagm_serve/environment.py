@@ -78,6 +78,8 @@ class ServingSettings:
     # MMS's JVM maps the classes it loads at start-up from this archive when it exists
     # (class_archive.py); None: it loads them from its jars.
     mms_class_archive: Path | None = None
+    # The workers' malloc keeps freed memory for the next batch (allocator.py).
+    keep_freed_memory: bool = True
 
     @property
     def max_payload_bytes(self) -> int:
@@ -230,6 +232,7 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
         load_reports_dir=_read(env, "DAGM_LOAD_REPORTS_DIR", _absolute_path_or_none, None, "an absolute directory or none"),
         mms_class_archive=_read(env, "DAGM_MMS_CLASS_ARCHIVE", _absolute_path_or_none, DEFAULT_CLASS_ARCHIVE,
                                 "an absolute file path or none"),
+        keep_freed_memory=_read(env, "DAGM_KEEP_FREED_MEMORY", _bool, True, "true or false"),
     )
 
 

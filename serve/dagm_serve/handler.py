@@ -44,8 +44,9 @@ def _report(settings: environment.ServingSettings, model_name: str, message: str
 def handle(data, context):
     global _service
     if data is None:  # MMS's load call
-        keep_freed_memory()
         settings = environment.from_env()
+        if settings.keep_freed_memory:
+            keep_freed_memory()
         gpu_id = context.system_properties.get("gpu_id")
         try:
             _service = Service.load(context.system_properties["model_dir"], settings, gpu_id)
