@@ -15,8 +15,8 @@ import numpy as np
 import psutil
 import pytest
 
-
 from conftest import REPO, job_env, nan_model, npy
+from dagm_serve import model_server
 
 pytestmark = pytest.mark.slow
 
@@ -202,11 +202,15 @@ def _worker_environments(server) -> list[dict[str, str]]:
     return [p.environ() for p in _workers(server)]
 
 
-@pytest.mark.parametrize("container_value", [None, "ACTIVE"])
-def test_workers_wait_passively_unless_the_container_says_otherwise(start_server, untrained_model, container_value):
-    server = start_server(untrained_model, OMP_WAIT_POLICY=container_value or "")  # "": not set
+@pytest.mark.parametrize("container", [{}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "300000"}])
+def test_workers_spin_briefly_unless_the_container_says_otherwise(start_server, untrained_model, container):
+    unset = {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": ""}  # "": not set
+    server = start_server(untrained_model, **{**unset, **container})
     environments = _worker_environments(server)
-    assert environments and {e.get("OMP_WAIT_POLICY") for e in environments} == {container_value or "PASSIVE"}
+    expected = container or {"GOMP_SPINCOUNT": str(model_server.WORKER_SPIN_COUNT)}
+    assert environments
+    for environment in environments:
+        assert {k: environment.get(k) for k in unset if environment.get(k)} == expected
 
 
 def _minor_faults(processes: list[psutil.Process]) -> int:

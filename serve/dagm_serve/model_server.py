@@ -37,6 +37,10 @@ from dagm_serve.environment import ServingSettings
 
 HANDLER = "dagm_serve.handler:handle"
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+# libgomp's spin rounds before a waiting OpenMP thread sleeps: its default, 300,000, keeps
+# a worker's threads spinning well after a forward pass; 0 (PASSIVE) sleeps at every
+# barrier inside one.
+WORKER_SPIN_COUNT = 10_000
 # MMS reads its size limits into a Java int.
 JAVA_INT_MAX = 2**31 - 1
 WORKER_SCRIPT = "model_service_worker.py"
@@ -134,12 +138,14 @@ class ModelServer:
             # The workers read batches from and write answers to this directory only.
             "DAGM_BATCH_FILES_DIR": str(self.batch_dir) if self.batch_dir else "none",
             "DAGM_LOAD_REPORTS_DIR": str(self.load_reports),
-            # A worker's OpenMP threads would otherwise spin after each forward pass on the
-            # cores the front, MMS and the next batch's exchange need: measured on 2 cores,
-            # 3 alternated pairs, served images/s +5 to +23 % (single PNGs), +1 to +21 %
-            # (16-image npy). The container's own value, if it sets one, wins.
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
         }
+        # A worker's OpenMP threads spin briefly, enough to catch the next layer inside a
+        # forward pass, then sleep and leave the cores to the front, MMS and the next
+        # batch's exchange (README, "Serving": a lone PNG 1-3 ms sooner than sleeping at
+        # once, more images/s than libgomp's long default spin). The container's own
+        # OpenMP waiting, if it sets any, wins.
+        if not (os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")):
+            env["GOMP_SPINCOUNT"] = str(WORKER_SPIN_COUNT)
         if self.java_options:
             env["JAVA_TOOL_OPTIONS"] = " ".join(filter(None, (os.environ.get("JAVA_TOOL_OPTIONS"), *self.java_options)))
         return env
