@@ -11,7 +11,7 @@ import pytest
 
 from dagm_defects.artifact import ArtifactError
 from dagm_serve import environment, wire
-from dagm_serve.batch_files import BatchFiles
+from dagm_serve.batch_files import SPARE_BYTES, SPARE_PREFIX, BatchFiles
 from dagm_defects.archive import unpack
 from dagm_serve.codec import RequestError
 from dagm_serve.options import RequestOptions, parse_options
@@ -126,18 +126,36 @@ def test_wire_arrays_in_a_batch_file_round_trip_and_are_read_only_from_their_dir
     assert not batch.exists()
 
 
-def test_batch_files_are_removed_after_each_exchange_and_with_the_server(tmp_path, caplog):
+def test_batch_files_have_new_names_and_an_answered_batch_file_is_reused(tmp_path, caplog):
     files = BatchFiles.create(tmp_path)
     directory = files.directory
     assert directory.parent == tmp_path and directory.name.startswith("dagm-batches-")
+    images = np.ones((3, 64, 64), np.uint8)
     with files.exchange() as first, files.exchange() as second:
         assert first.batch != second.batch and first.answer.parent == directory
         assert first.batch.stat().st_size == 0 and first.answer.exists()
+        wire.pack({}, [images], first.batch)
+        answered_inode = first.batch.stat().st_ino
+    # Both were answered: their batch files are kept (answer files are not), and the next
+    # exchange gets one of them, its pages, under a name never used before.
+    assert sorted(p.name for p in directory.iterdir()) == [f"{SPARE_PREFIX}0", f"{SPARE_PREFIX}1"]
+    with files.exchange() as third, files.exchange() as fourth:
+        assert {third.batch.stat().st_ino, fourth.batch.stat().st_ino} >= {answered_inode}
+        assert third.batch.name == "2.batch" and list(directory.glob(f"{SPARE_PREFIX}*")) == []
+        smaller = np.full((1, 64, 64), 7, np.uint8)
+        body = wire.pack({}, [smaller], third.batch if third.batch.stat().st_ino == answered_inode else fourth.batch)
+        assert np.array_equal(wire.unpack(body, directory)[1][0], smaller)  # cut to its new length
+    # A batch whose worker died is removed, never reused: a late reader finds nothing.
     with pytest.raises(RuntimeError):
         with files.exchange() as failed:
             failed.answer.write_bytes(b"an answer nobody will read")
             raise RuntimeError("the worker died")
-    assert list(directory.iterdir()) == []
+    assert not failed.batch.exists() and not failed.answer.exists()
+    assert len(list(directory.iterdir())) == 1  # one of the two kept files went to `failed`
+    # Kept files stay within SPARE_BYTES.
+    with files.exchange() as large:
+        large.batch.write_bytes(b"x" * (SPARE_BYTES + 1))
+    assert not large.batch.exists() and list(directory.iterdir()) == []
     files.close()
     assert not directory.exists()
     with files.exchange() as gone:  # the directory vanished (deleted by hand): inline
@@ -179,7 +197,7 @@ def test_the_worker_answers_into_the_answer_file_and_inline_when_it_cannot(untra
             reply = service.answer(answer_to)
             assert len(reply) > maps.nbytes  # inline
             assert np.array_equal(wire.unpack(reply)[1][1], maps)
-    assert elsewhere.stat().st_size == 0 and list(files.directory.iterdir()) == []
+    assert elsewhere.stat().st_size == 0 and list(files.directory.glob("*.answer")) == []  # not made again
     files.close()
 
 

@@ -38,20 +38,23 @@ class WireError(ValueError):
 
 
 def pack(meta: dict, arrays: list[np.ndarray], file: Path | None = None) -> bytes:
-    """The body for `meta` and `arrays`; with `file`, the arrays' bytes are written to that
-    existing file (truncated first) and the body names it. OSError when the file cannot
-    be written (a full /dev/shm): the caller sends the arrays inline instead."""
+    """The body for `meta` and `arrays`; with `file`, the arrays' bytes are written over
+    that existing file's (then cut to their length) and the body names it. OSError when
+    the file cannot be written (a full /dev/shm): the caller sends the arrays inline
+    instead."""
     arrays = [np.ascontiguousarray(a) for a in arrays]
     header = {"meta": meta, "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays]}
     data = [memoryview(a.reshape(-1)).cast("B") for a in arrays]
     if file is None:
         # One copy of the pixels: join reads each array's buffer directly.
         return b"".join([json.dumps(header).encode(), b"\n", *data])
-    # r+b, not wb: a file its reader gave up on (and removed) is not made again.
+    # r+b, not wb: a file its reader gave up on (and removed) is not made again. Cut
+    # after writing, not before: a reused file's pages are overwritten, not freed and
+    # allocated anew (batch_files.py).
     with open(file, "r+b") as out:
-        out.truncate()
         for chunk in data:
             out.write(chunk)
+        out.truncate()
     return json.dumps({**header, "file": str(file)}).encode() + b"\n"
 
 
