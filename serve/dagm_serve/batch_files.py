@@ -29,7 +29,7 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-# At most this many bytes of batch files are kept for reuse (a third of Docker's
+# At most this many bytes of batch files are kept for reuse (a quarter of Docker's
 # default /dev/shm): four 16-image 512x512 batches.
 SPARE_BYTES = 16 * 2**20
 SPARE_PREFIX = "spare-"
