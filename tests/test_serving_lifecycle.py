@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import subprocess
 import shutil
+import statistics
 import tarfile
 import threading
 import time
@@ -224,7 +225,10 @@ def _minor_faults(processes: list[psutil.Process]) -> int:
 def test_a_warm_worker_answers_full_size_batches_without_faulting_in_fresh_memory(start_server, tmp_path, setting):
     """At 512x512 each batch's activations are blocks over glibc's mmap threshold: with
     its defaults (DAGM_KEEP_FREED_MEMORY=false), every 16-image batch faults in
-    8,000-20,000 fresh pages (allocator.py)."""
+    8,000-20,000 fresh pages (allocator.py). With freed memory kept, the typical batch
+    faults in none; the heap still grows by one 16 MB step (4,096 pages) now and then
+    while it settles (seen after the 2nd to the 14th batch), so the median batch is
+    judged, not the mean."""
     import torch
 
     from dagm_defects.artifact import save_artifact
@@ -243,8 +247,11 @@ def test_a_warm_worker_answers_full_size_batches_without_faulting_in_fresh_memor
             assert reply.status == 200 and len(reply.json()["predictions"]) == 16
 
     batches(2)
-    before = _minor_faults(workers)
-    batches(5)
-    faults_per_batch = (_minor_faults(workers) - before) / 5
+    faults = []
+    for _ in range(7):
+        before = _minor_faults(workers)
+        batches(1)
+        faults.append(_minor_faults(workers) - before)
     assert workers
-    assert faults_per_batch < 1000 if setting is None else faults_per_batch > 4000, faults_per_batch
+    typical = statistics.median(faults)
+    assert typical < 1000 if setting is None else typical > 4000, faults
