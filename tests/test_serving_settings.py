@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -43,8 +44,16 @@ def test_sagemaker_variables_are_read(tmp_path):
         "MaxConcurrentTransforms": 4, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 50}
 
 
+def test_each_worker_gets_its_share_of_the_cores_unless_omp_num_threads_says_otherwise():
+    cores = os.cpu_count() or 1
+    assert environment.from_env({}, gpus=0).threads_per_worker == cores
+    assert environment.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": str(2 * cores)}, gpus=0).threads_per_worker == 1
+    assert environment.from_env({"OMP_NUM_THREADS": "3", "SAGEMAKER_MODEL_SERVER_WORKERS": "2"},
+                                gpus=0).threads_per_worker == 3
+
+
 @pytest.mark.parametrize("name, value", [
-    ("SAGEMAKER_BIND_TO_PORT", "http"), ("SAGEMAKER_BIND_TO_PORT", "70000"),
+    ("SAGEMAKER_BIND_TO_PORT", "http"), ("OMP_NUM_THREADS", "0"), ("OMP_NUM_THREADS", "4,2"), ("SAGEMAKER_BIND_TO_PORT", "70000"),
     ("SAGEMAKER_SAFE_PORT_RANGE", "20999-20000"), ("SAGEMAKER_SAFE_PORT_RANGE", "20000"),
     ("SAGEMAKER_MULTI_MODEL", "maybe"), ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "7"),
     ("DAGM_SERVER_BATCH_DELAY_MS", "-1"), ("DAGM_DEVICE", "tpu"),

@@ -192,7 +192,9 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
         safe_port_range=_read(env, "SAGEMAKER_SAFE_PORT_RANGE", _port_range, None,
                               "LOW-HIGH, e.g. 20000-20999"),
         workers=workers,
-        threads_per_worker=max(1, cpus // workers),
+        # A container that sets OMP_NUM_THREADS means it for each worker's torch threads.
+        threads_per_worker=_read(env, "OMP_NUM_THREADS", _bounded_int(1, 1024), max(1, cpus // workers),
+                                 "an integer from 1 to 1024"),
         multi_model=_read(env, "SAGEMAKER_MULTI_MODEL", _bool, False, "true or false"),
         model_dir=base / "model",
         batch_transform=batch_transform,
