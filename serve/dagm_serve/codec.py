@@ -25,6 +25,7 @@ import binascii
 import io
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Iterable
@@ -50,6 +51,12 @@ PILLOW_FORMATS = {PNG: ("PNG",), JPEG: ("JPEG",), JSON: ("PNG", "JPEG"), JSONLIN
 # What np.save writes; a header this long is no image array.
 NPY_HEADER_READERS = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
 NPY_MAX_HEADER = 10_000
+# numpy parses an .npy header with ast.literal_eval, and CPython 3.11's AST constructor
+# keeps its recursion depth in state every thread shares: two of the front's decode
+# threads parsing at once can fail a valid header with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905; a valid body was answered 400 so
+# while 4 clients posted x-npy). A parse takes microseconds, so one at a time.
+_NPY_HEADER_LOCK = threading.Lock()
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +173,8 @@ def _npy(body: bytes, limits: Limits) -> list[np.ndarray]:
         read_header = NPY_HEADER_READERS.get(major)
         if read_header is None:
             raise ValueError(f".npy format version {major} is not supported; send version 1 or 2")
-        shape, fortran, dtype = read_header(stream, max_header_size=NPY_MAX_HEADER)
+        with _NPY_HEADER_LOCK:
+            shape, fortran, dtype = read_header(stream, max_header_size=NPY_MAX_HEADER)
     except (ValueError, TypeError, EOFError, SyntaxError) as exc:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not a .npy array ({exc})") from None
     if dtype != np.uint8 or len(shape) not in (2, 3):
