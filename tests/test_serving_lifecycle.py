@@ -4,6 +4,7 @@ a broken artefact or setting, and the image's entry-point dispatch."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import shutil
 import statistics
@@ -215,6 +216,16 @@ def test_workers_spin_briefly_unless_the_container_says_otherwise(start_server, 
     assert environments
     for environment in environments:
         assert {k: environment.get(k) for k in unset if environment.get(k)} == expected
+
+
+@pytest.mark.parametrize("container, threads", [(None, os.cpu_count()), ("1", 1)])
+def test_each_worker_runs_the_torch_threads_serve_gives_it(start_server, untrained_model, monkeypatch,
+                                                          container, threads):
+    """A CPU worker gets every core (one worker by default) unless the container sets
+    OMP_NUM_THREADS; MMS's worker sets it to 1 for itself where it finds none."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    server = start_server(untrained_model, **({} if container is None else {"OMP_NUM_THREADS": container}))
+    assert f"(batch 16, {threads} torch threads on cpu)" in server.output
 
 
 def _minor_faults(processes: list[psutil.Process]) -> int:

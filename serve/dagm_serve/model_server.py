@@ -138,6 +138,9 @@ class ModelServer:
             # The workers read batches from and write answers to this directory only.
             "DAGM_BATCH_FILES_DIR": str(self.batch_dir) if self.batch_dir else "none",
             "DAGM_LOAD_REPORTS_DIR": str(self.load_reports),
+            # Resolved here, from the container's own environment: MMS's worker sets
+            # OMP_NUM_THREADS=1 where it finds none, which would give every worker one thread.
+            "OMP_NUM_THREADS": str(s.threads_per_worker),
         }
         # A worker's OpenMP threads spin briefly, enough to catch the next layer inside a
         # forward pass, then sleep and leave the cores to the front, MMS and the next

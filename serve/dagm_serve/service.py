@@ -63,7 +63,8 @@ class Service:
         service = cls(predictor, input_watch(settings, predictor), settings.batch_files_dir)
         # MMS copies worker output into its log: this line is the worker's readiness.
         print(f"worker {os.getpid()}: model {model_dir} loaded and warmed up "
-              f"(batch {settings.server_batch_size}) in {time.monotonic() - started:.2f} s", flush=True)
+              f"(batch {settings.server_batch_size}, {torch.get_num_threads()} torch threads on {predictor.device.device}) "
+              f"in {time.monotonic() - started:.2f} s", flush=True)
         return service
 
     def answer(self, body: bytes | bytearray) -> bytes:
