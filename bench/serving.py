@@ -2,7 +2,8 @@
 
 Starts local_test/serve_local.sh (the image's entry command, .venv path) on an artefact
 with the default architecture (ModelConfig(), 512x512), then measures on the same
-512x512 PNGs, each served figure right after its in-process counterpart:
+512x512 PNGs, each served figure alternating with its in-process counterpart (--rounds
+turns each, or request by request), since this VM's speed drifts within a minute:
   cold start         process start -> first 200 on /ping (model loaded and warmed up)
   throughput         images/s of concurrent clients posting single PNGs (4 x --clients
                      at a time), 16-image x-npy bodies and JSON bodies of 16 base64 PNGs,
@@ -11,9 +12,11 @@ with the default architecture (ModelConfig(), 512x512), then measures on the sam
                      ServingSettings limits, environment.from_env()) + resize_square +
                      one Predictor.forward per 16 images + Prediction.from_outputs +
                      encode_response; `served_over_in_process` is served / in-process
-                     (issue 14's target: >= 0.95)
+                     (issue 14's target: >= 0.95), over all rounds, with the lowest
+                     and highest single round's ratio beside it
   latency            sequential single-PNG requests over HTTP, p50/p99, vs the same
-                     single-image path in-process (a forward pass of one image);
+                     single-image path in-process (a forward pass of one image), taking
+                     turns 25 requests at a time;
                      `added_p50_ms` is served p50 - in-process p50 (target: <= 1 ms)
   allocator          the in-process 16-image npy path with glibc's malloc defaults, then
                      with allocator.keep_freed_memory() as the workers run (every
@@ -26,7 +29,7 @@ with the default architecture (ModelConfig(), 512x512), then measures on the sam
                      InputWatch.observe(images, scores >= threshold) (drift.py) vs
                      without, as a throughput ratio, and observe's own cost per batch
 Every server started is stopped, on error and on SIGTERM too. Prints JSON.
-Usage: python bench/serving.py [--seconds 8] [--clients 4] [--latency-requests 200] [--model-dir DIR]
+Usage: python bench/serving.py [--seconds 8] [--rounds 4] [--clients 4] [--latency-requests 200] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -153,12 +156,13 @@ def stop_server(process: subprocess.Popen) -> None:
             child.kill()
 
 
-def served_rate(port: int, bodies: list[bytes], content_type: str, images: int, clients: int,
-                seconds: float) -> float:
-    """Images/s answered to `clients` connections, client i posting bodies[i % len(bodies)].
-    The clock starts once every client has had its first answer (not counted), as
-    local_rate leaves out its first step: otherwise the first requests, queued behind
-    each other, would cost the served side time without counting their images."""
+def served_count(port: int, bodies: list[bytes], content_type: str, images: int, clients: int,
+                 seconds: float) -> tuple[int, float]:
+    """Images answered to `clients` connections in about `seconds`, and the seconds taken,
+    client i posting bodies[i % len(bodies)]. The clock starts once every client has had
+    its first answer (not counted), as `counted` leaves out its first step: otherwise the
+    first requests, queued behind each other, would cost the served side time without
+    counting their images."""
     counts = [0] * clients
     errors: list[BaseException] = []
     clock: list[float] = []
@@ -190,7 +194,7 @@ def served_rate(port: int, bodies: list[bytes], content_type: str, images: int, 
         t.join()
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]!r}")
-    return sum(counts) / (time.perf_counter() - clock[0])
+    return sum(counts), time.perf_counter() - clock[0]
 
 
 # In-process ------------------------------------------------------------------------
@@ -223,22 +227,57 @@ class InProcess:
         return answers
 
 
-def local_rate(step, images: int, seconds: float) -> float:
+def counted(step, images: int, seconds: float) -> tuple[int, float]:
+    """Images done and seconds taken by repeating `step` (`images` a step) for about
+    `seconds`, at least 3 steps, after one step that is not counted."""
     step()
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or count < 3 * images:
         step()
         count += images
-    return count / (time.perf_counter() - started)
+    return count, time.perf_counter() - started
+
+
+def alternated(sides: dict, seconds: float, rounds: int) -> dict:
+    """Images/s of each side, {name: measure(seconds) -> (images, seconds)}, measured in
+    turn `rounds` times for seconds / rounds each. The bench VM's speed drifts by 10-50 %
+    within a minute, and two figures taken one after the other carry that drift into
+    their ratio; alternating puts it on every side alike. Per side, the rate over all its
+    rounds and, after the first side, the lowest and highest of its per-round ratios to
+    the first side."""
+    done = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, measure in sides.items():
+            done[name].append(measure(seconds / rounds))
+    first = next(iter(sides))
+    out = {}
+    for name, pairs in done.items():
+        out[name] = {"images_per_s": sum(n for n, _ in pairs) / sum(t for _, t in pairs)}
+        if name != first:
+            ratios = [(n / t) / (n0 / t0) for (n, t), (n0, t0) in zip(pairs, done[first])]
+            out[name]["round_ratios"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    return out
 
 
 def latencies_ms(call, n: int) -> list[float]:
-    call()
-    out = []
-    for _ in range(n):
-        started = time.perf_counter()
+    return alternated_latencies_ms([call], n)[0]
+
+
+def alternated_latencies_ms(calls: list, n: int, block: int = 25) -> list[list[float]]:
+    """`n` timings of each call, the calls taking turns `block` calls at a time (after one
+    untimed call each), so that the VM's drifting speed falls on each alike. Not call by
+    call: one call right after another's finds the other's caches and, in-process, torch
+    threads still spinning (measured side by side: p50 served 22-24 ms and in-process 14
+    ms call by call, against 17-18 and 11-13 ms 25 at a time)."""
+    for call in calls:
         call()
-        out.append((time.perf_counter() - started) * 1000)
+    out = [[] for _ in calls]
+    while len(out[0]) < n:
+        for call, timings in zip(calls, out):
+            for _ in range(min(block, n - len(timings))):
+                started = time.perf_counter()
+                call()
+                timings.append((time.perf_counter() - started) * 1000)
     return out
 
 
@@ -273,49 +312,74 @@ def cpu_seconds_by_part(pid: int) -> dict[str, float]:
     return parts
 
 
-def throughput(port: int, server_pid: int, local: InProcess, cases: dict, seconds: float) -> tuple[dict, dict]:
+def throughput(port: int, server_pid: int, local: InProcess, cases: dict, seconds: float,
+               rounds: int) -> tuple[dict, dict, dict]:
     """Per case (bodies, content type, images per body, concurrent clients): in-process
-    then served images/s, back to back; and the CPU seconds by part while serving each."""
-    rates, cpu = {"in_process": {}, "served": {}}, {}
-    for name, (bodies, content_type, images, concurrency) in cases.items():
-        requests = [(body, content_type) for body in bodies]
-        rates["in_process"][name] = local_rate(lambda requests=requests: local.answer(requests), images * len(bodies), seconds)
+    and served images/s, alternated over `rounds`; the served side's per-round ratios to
+    in-process, lowest and highest; and the CPU seconds by part while serving."""
+    rates, spread, cpu = {"in_process": {}, "served": {}}, {}, {}
+    for name, case in cases.items():
+        sides, cpu[name] = throughput_case(port, server_pid, local, *case, seconds, rounds)
+        for side in rates:
+            rates[side][name] = sides[side]["images_per_s"]
+        spread[name] = sides["served"]["round_ratios"]
+    return rates, spread, cpu
+
+
+def throughput_case(port: int, server_pid: int, local: InProcess, bodies: list[bytes], content_type: str,
+                    images: int, clients: int, seconds: float, rounds: int) -> tuple[dict, dict]:
+    requests = [(body, content_type) for body in bodies]
+    used = dict.fromkeys(cpu_seconds_by_part(server_pid), 0.0)
+
+    def served(window: float) -> tuple[int, float]:
         before = cpu_seconds_by_part(server_pid)
-        rates["served"][name] = served_rate(port, bodies, content_type, images, concurrency, seconds)
+        result = served_count(port, bodies, content_type, images, clients, window)
         after = cpu_seconds_by_part(server_pid)
-        cpu[name] = {part: round(after[part] - before[part], 2) for part in after}
-    return rates, cpu
+        for part in used:
+            used[part] += after[part] - before[part]
+        return result
+
+    sides = alternated({
+        "in_process": lambda window: counted(lambda: local.answer(requests), images * len(bodies), window),
+        "served": served,
+    }, seconds, rounds)
+    return sides, {part: round(value, 2) for part, value in used.items()}
 
 
 def allocator_effect(local: InProcess, npy_body: bytes, seconds: float) -> dict:
     """In-process images/s for one 16-image npy body under glibc's defaults, then with
     freed memory kept as in the workers; the process keeps the latter from here on."""
     step = lambda: local.answer([(npy_body, NPY)])  # noqa: E731
-    defaults = local_rate(step, BATCH, seconds)
+    images, taken = counted(step, BATCH, seconds)
+    defaults = images / taken
     if not keep_freed_memory():
         raise RuntimeError("the C library is not glibc: the workers' allocator setting does not apply")
-    kept = local_rate(step, BATCH, seconds)
+    images, taken = counted(step, BATCH, seconds)
+    kept = images / taken
     return {"glibc_defaults": round(defaults, 1), "freed_memory_kept": round(kept, 1), "ratio": round(kept / defaults, 3)}
 
 
-def drift_watch(predictor: Predictor, resized: np.ndarray, seconds: float) -> dict:
+def drift_watch(predictor: Predictor, resized: np.ndarray, seconds: float, rounds: int) -> dict:
     """The worker's answer to one batch of 16 with and without the input watch. Observe
     only (nothing is published); the images' own statistics stand in for training's."""
     own = summarize_statistics(image_statistics(resized))
     watch = InputWatch({"overall": own}, "bench", "bench", 3600, cloudwatch=None)
     body = wire.pack({}, [resized])
     plain, watching = Service(predictor, None), Service(predictor, watch)
-    unwatched = local_rate(lambda: plain.answer(body), len(resized), seconds)
-    watched = local_rate(lambda: watching.answer(body), len(resized), seconds)
+    sides = alternated({
+        "unwatched": lambda window: counted(lambda: plain.answer(body), len(resized), window),
+        "watched": lambda window: counted(lambda: watching.answer(body), len(resized), window),
+    }, seconds, rounds)
     defective = predictor.forward(resized)[0] >= predictor.threshold
     observe = latencies_ms(lambda: watch.observe(resized, defective), 50)
-    return {"throughput_ratio": round(watched / unwatched, 3),
+    return {"throughput_ratio": round(sides["watched"]["images_per_s"] / sides["unwatched"]["images_per_s"], 3),
             f"observe_ms_per_batch_of_{len(resized)}": summary(observe)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput figure")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput figure, all rounds together")
+    parser.add_argument("--rounds", type=int, default=4, help="turns each side of a throughput ratio takes")
     parser.add_argument("--clients", type=int, default=4, help="for batched bodies; 4x for single PNGs")
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--model-dir", type=Path, help="an artefact; default: an untrained default model")
@@ -351,18 +415,18 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         npy_body = npy(arrays)
         allocator = allocator_effect(local, npy_body, args.seconds)
         json_body = json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in pngs]}).encode()
-        rates, cpu = throughput(port, server.pid, local, {
+        rates, spread, cpu = throughput(port, server.pid, local, {
             "png_single": (pngs, PNG, 1, 4 * args.clients),
             "npy_16": ([npy_body], NPY, BATCH, args.clients),
             "json_png_16": ([json_body], JSON, BATCH, args.clients),
-        }, args.seconds)
+        }, args.seconds, args.rounds)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         score_difference = max_score_difference(post(connection, npy_body, NPY), local.answer([(npy_body, NPY)])[0])
-        in_process_single = latencies_ms(lambda: local.answer([(pngs[0], PNG)]), args.latency_requests)
-        served_single = latencies_ms(lambda: post(connection, pngs[0], PNG), args.latency_requests)
+        in_process_single, served_single = alternated_latencies_ms(
+            [lambda: local.answer([(pngs[0], PNG)]), lambda: post(connection, pngs[0], PNG)], args.latency_requests)
         connection.close()
     resized = np.stack([local.decode(b, PNG)[1][0] for b in pngs])
-    watch = drift_watch(local.predictor, resized, args.seconds)
+    watch = drift_watch(local.predictor, resized, args.seconds, args.rounds)
 
     ratios = {k: round(rates["served"][k] / rates["in_process"][k], 3) for k in rates["served"]}
     added_p50 = round(statistics.median(served_single) - statistics.median(in_process_single), 2)
@@ -370,12 +434,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "model": json.loads((Path(model_dir) / "model.json").read_text())["model_config"],
         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "workers": settings.workers,
         "server_batch_size": settings.server_batch_size, "clients": args.clients, "seconds": args.seconds,
+        "rounds": args.rounds,
         "cold_start_s": round(cold_start, 2),
         "front_rss_mb": round(front_rss_mb),
         "in_process_images_per_s_npy_16_allocator": allocator,
         f"cpu_s_while_serving_for_{args.seconds:g}_s": cpu,
         "images_per_s": {side: {k: round(v, 1) for k, v in by_case.items()} for side, by_case in rates.items()},
         "served_over_in_process": ratios,
+        "served_over_in_process_lowest_highest_round": spread,
         "latency_ms_single_png": {
             "in_process": summary(in_process_single),
             "served": summary(served_single),
