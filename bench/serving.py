@@ -3,7 +3,8 @@
 Starts local_test/serve_local.sh (the image's entry command, .venv path) on an artefact
 with the default architecture (ModelConfig(), 512x512), then measures on the same
 512x512 PNGs, each served figure alternating with its in-process counterpart (--rounds
-turns each, or request by request), since this VM's speed drifts within a minute:
+turns each for throughput, 25 requests at a time for latency), since this VM's speed
+drifts within a minute:
   cold start         process start -> first 200 on /ping (model loaded and warmed up), the
                      median of --starts starts
   throughput         images/s of concurrent clients posting single PNGs (4 x --clients
