@@ -23,6 +23,16 @@ rm -rf "$out/opt_ml"
 echo "== 3/4 evaluation on the Test split ($out/opt_ml/output/data: evaluation.json, pr_roc.png, confusion.png, masks.png)"
 python -m dagm_defects.evaluation.report "$out/opt_ml/output/data/evaluation.json"
 echo "model artefact: $(ls "$out/opt_ml/model" | tr '\n' ' ')in $out/opt_ml/model"
+store="$(cd "$out/opt_ml/output/data/mlflow" && pwd)"
+python3 - "$out/opt_ml/output/data/report.json" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+fired = [r["name"] for r in report["rules"] if r["status"] == "fired"]
+print(f"training report: {sys.argv[1][:-4]}html; rules fired: {', '.join(fired) or 'none'} "
+      f"(of {len(report['rules'])}); MLflow run {report['mlflow']['run_id']}")
+PY
+echo "open the MLflow run:  mlflow ui --backend-store-uri sqlite:///$store/mlflow.db   (then http://127.0.0.1:5000)"
+echo "compare runs:         dagm-runs compare --store $store"
 
 port="${DEMO_PORT:-8080}"
 echo "== 4/4 serving (local_test/serve_local.sh: the image's entry command) on port $port, then predictions"

@@ -45,8 +45,9 @@ TINY_HPS = {"epochs": "2", "batch_size": "8", "image_size": "128", "data_workers
 # What each final image must not hold: build tools, and the other image's packages.
 COMPILERS = ["gcc", "cc", "x86_64-linux-gnu-gcc", "aarch64-linux-gnu-gcc", "/usr/include/python3.11/Python.h"]
 FOREIGN = {"train": ["mms", "model_archiver", "sagemaker_inference", "aiohttp", "dagm_serve", "dagm_deploy", "java"],
-           "serve": ["sagemaker_training", "matplotlib", "paramiko", "gevent", "dagm_deploy"]}
-NEEDED = {"train": ["torch", "sagemaker_training", "matplotlib", "dagm_defects.training.launch"],
+           "serve": ["sagemaker_training", "matplotlib", "paramiko", "gevent", "dagm_deploy", "mlflow", "sqlalchemy"]}
+NEEDED = {"train": ["torch", "sagemaker_training", "matplotlib", "dagm_defects.training.launch", "mlflow", "sqlalchemy",
+                   "alembic", "sagemaker_mlflow"],
           "serve": ["torch", "mms", "sagemaker_inference", "aiohttp", "dagm_serve.serve", "java"]}
 INSPECT = r"""
 for path in "$@"; do
@@ -504,7 +505,14 @@ def test_train(engine: Engine, work: Path) -> Path:
     evaluation = job / "output" / "data" / "evaluation.json"
     check(evaluation.is_file(), "train wrote no output/data/evaluation.json")
     report = json.loads(evaluation.read_text())
-    log(f"   train: exit 0, model.pt and model.json, evaluation.json ({', '.join(sorted(report)[:6])}, ...)")
+    # The job's MLflow run in its embedded store, and the training report beside it.
+    record = job / "output" / "data" / "mlflow" / "run.json"
+    check(record.is_file() and json.loads(record.read_text())["run_id"] and json.loads(record.read_text())["warning"] is None,
+          f"train left no complete MLflow run ({record.read_text()[:500] if record.exists() else 'no run.json'})")
+    for name in ("report.html", "report.json"):
+        check((job / "output" / "data" / name).is_file(), f"train wrote no output/data/{name}")
+    log(f"   train: exit 0, model.pt and model.json, evaluation.json ({', '.join(sorted(report)[:6])}, ...), "
+        f"MLflow run {json.loads(record.read_text())['run_id']}, report.html")
     return job / "model"
 
 

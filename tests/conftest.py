@@ -60,22 +60,27 @@ class Job:
 def job_env() -> dict[str, str]:
     # The venv path, never a Docker daemon a developer machine might have.
     env = {**os.environ, "NO_DOCKER": "1", "PYTHONUNBUFFERED": "1"}
+    # A developer's own tracking server never receives the tests' runs.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(name, None)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     return env
 
 
-def start_training(data: Path, work: Path, hps: dict | None = None) -> subprocess.Popen:
+def start_training(data: Path, work: Path, hps: dict | None = None, env: dict | None = None) -> subprocess.Popen:
+    """`env` adds to the job's environment (EXTRA_CHANNELS, MLFLOW_TRACKING_URI, ...)."""
     args = [str(TRAIN_LOCAL), str(data), str(work)]
     if hps is not None:
         args.append(json.dumps(hps))
     return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=job_env(),
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**job_env(), **(env or {})},
         start_new_session=True,
     )
 
 
-def run_training(data: Path, work: Path, hps: dict | None = None, timeout: float = 300) -> Job:
-    process = start_training(data, work, hps)
+def run_training(data: Path, work: Path, hps: dict | None = None, timeout: float = 300,
+                 env: dict | None = None) -> Job:
+    process = start_training(data, work, hps, env)
     try:
         output, _ = process.communicate(timeout=timeout)
     finally:

@@ -159,9 +159,9 @@ def wait_job(url: str, name: str, timeout: float = 300) -> dict:
 
 
 def training_job(url: str, name: str, data_uri: str, hyperparameters: dict,
-                 output: str = "s3://dagm-models/jobs") -> None:
+                 output: str = "s3://dagm-models/jobs", environment: dict | None = None) -> None:
     client(url, "sagemaker").create_training_job(
-        TrainingJobName=name, RoleArn=ROLE, HyperParameters=hyperparameters,
+        TrainingJobName=name, RoleArn=ROLE, HyperParameters=hyperparameters, Environment=environment or {},
         AlgorithmSpecification={"TrainingImage": "dagm-defects-train:latest", "TrainingInputMode": "File"},
         InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": data_uri, "S3DataDistributionType": "FullyReplicated"}}}],
@@ -177,13 +177,32 @@ def test_training_jobs_really_train_and_fail_with_the_jobs_reason(local_aws, tin
     assert lost["TrainingJobStatus"] == "Failed" and "no-such-bucket" in lost["FailureReason"]
 
     upload(local_aws, "jobs/.keep", b"")  # the output bucket
-    training_job(local_aws, "tiny-1", data_uri, TINY_HPS)
+    environment = {"MLFLOW_EXPERIMENT_NAME": "line-7", "DAGM_IMAGE_URI": "dagm-defects-train:latest"}
+    training_job(local_aws, "tiny-1", data_uri, TINY_HPS, environment=environment)
     job = wait_job(local_aws, "tiny-1")
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert job["Environment"] == environment
     bucket, _, key = job["ModelArtifacts"]["S3ModelArtifacts"][len("s3://"):].partition("/")
     artefact = client(local_aws, "s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(artefact)) as tar:
         assert sorted(tar.getnames()) == ["model.json", "model.pt"]
+    # The job saw its Environment: its MLflow run is in that experiment, named for the job.
+    output = client(local_aws, "s3").get_object(Bucket=bucket, Key=key.rsplit("/", 1)[0] + "/output.tar.gz")
+    with tarfile.open(fileobj=io.BytesIO(output["Body"].read())) as tar:
+        assert json.load(tar.extractfile("mlflow/run.json"))["experiment"] == "line-7"
+        report = json.load(tar.extractfile("report.json"))
+    assert report["job"]["name"] == "tiny-1"
+
+    sagemaker = client(local_aws, "sagemaker")
+    for bad, message in (({"1BAD": "x"}, "Environment key '1BAD' must match"),
+                         ({"K": "v" * 513}, "Environment value of 'K' must be a string of at most 512")):
+        with pytest.raises(ClientError, match=message):
+            sagemaker.create_training_job(
+                TrainingJobName="tiny-env", RoleArn=ROLE, Environment=bad,
+                AlgorithmSpecification={"TrainingImage": "dagm-defects-train:latest", "TrainingInputMode": "File"},
+                OutputDataConfig={"S3OutputPath": "s3://dagm-models/jobs"},
+                ResourceConfig={"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+                StoppingCondition={"MaxRuntimeInSeconds": 600})
 
     training_job(local_aws, "tiny-bad", data_uri, {**TINY_HPS, "epochs": "many"})
     failed = wait_job(local_aws, "tiny-bad")

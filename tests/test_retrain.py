@@ -125,6 +125,10 @@ def test_a_candidate_that_fails_the_gate_is_not_deployed(world):
     assert [reason.split(":")[0] for reason in outcome["gate"]["reasons"]] == ["class 1", "class 2", "class overall"]
     assert {row["class"] for row in outcome["comparison"]} == {"1", "2", "overall"}
     assert "class  candidate  serving" in result.stdout
+    # The gate names the MLflow runs of both models: the serving one from its model.json.
+    runs = outcome["gate"]["mlflow_runs"]
+    assert len(runs["candidate"]) == 32 and len(runs["serving"]) == 32 and runs["candidate"] != runs["serving"]
+    assert f"MLflow runs: candidate {runs['candidate']}, serving {runs['serving']}" in result.stdout
     assert variants_of(world.url, ENDPOINT) == {"v-v1": 1.0}
     [message] = world.messages()
     assert "failed the quality gate" in message["Subject"]

@@ -20,7 +20,7 @@ from dagm_defects.model_config import ModelConfig
 from dagm_defects.model_files import FORMAT_VERSION, METADATA_FILE, WEIGHTS_FILE, ArtifactError, read_metadata
 
 __all__ = ["Artifact", "ArtifactError", "FORMAT_VERSION", "METADATA_FILE", "WEIGHTS_FILE", "load_artifact",
-           "save_artifact"]
+           "save_artifact", "update_metadata"]
 
 
 @dataclass
@@ -70,11 +70,20 @@ def save_artifact(
         "training_statistics": training_statistics,
         **(extra or {}),
     }
-    _atomic_write(
-        model_dir / METADATA_FILE,
-        lambda p: p.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n"),
-    )
+    _write_metadata(model_dir, metadata)
     return model_dir
+
+
+def _write_metadata(model_dir: Path, metadata: dict) -> None:
+    _atomic_write(model_dir / METADATA_FILE,
+                  lambda p: p.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n"))
+
+
+def update_metadata(model_dir: str | Path, key: str, value) -> None:
+    """Set one key of a saved model's metadata (what is only known after saving)."""
+    metadata = json.loads((Path(model_dir) / METADATA_FILE).read_text())
+    metadata[key] = value
+    _write_metadata(Path(model_dir), metadata)
 
 
 def load_artifact(model_dir: str | Path, map_location: str | torch.device = "cpu") -> Artifact:

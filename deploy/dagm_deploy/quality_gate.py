@@ -17,12 +17,18 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
     # One row per class and one for "overall": candidate AP, serving AP, difference.
     comparison: list[dict] = field(default_factory=list)
+    # The MLflow runs that made the candidate and the serving model (None where unknown).
+    runs: dict = field(default_factory=dict)
 
     def table(self) -> str:
         def fmt(value) -> str:
             return "   n/a" if value is None else f"{value:6.3f}"
 
-        lines = ["class  candidate  serving   delta"]
+        lines = []
+        if self.runs.get("candidate") or self.runs.get("serving"):
+            lines.append(f"MLflow runs: candidate {self.runs.get('candidate') or 'unknown'}, "
+                         f"serving {self.runs.get('serving') or 'unknown'}")
+        lines.append("class  candidate  serving   delta")
         lines += [f"{r['class']:>7} {fmt(r['candidate'])}    {fmt(r['serving'])}  {fmt(r['delta'])}" for r in self.comparison]
         return "\n".join(lines)
 
@@ -33,15 +39,24 @@ def _row(name: str, candidate: dict | None, serving: dict | None) -> dict:
     return {"class": name, "candidate": c, "serving": s, "delta": None if c is None or s is None else c - s}
 
 
+def _run_id(record: dict | None) -> str | None:
+    """A run's id on the tracking server when it reached one, else in its job's own store."""
+    record = record or {}
+    return record.get("server_run_id") or record.get("run_id")
+
+
 def judge(evaluation: dict, margin: float, min_ap: float) -> Verdict:
-    """`evaluation`: the candidate job's evaluation.json, with `baseline` when it had one."""
+    """`evaluation`: the candidate job's evaluation.json, with `baseline` when it had one,
+    and `mlflow` (the job's run record) when it was tracked."""
     baseline = evaluation.get("baseline")
+    runs = {"candidate": _run_id(evaluation.get("mlflow")), "serving": _run_id((baseline or {}).get("mlflow"))}
     if baseline is None:
         ap = evaluation["overall"]["ap"]
         row = _row("overall", evaluation["overall"], None)
         if ap is None or ap < min_ap:
-            return Verdict(False, [f"no serving model to compare with, and the overall test AP {ap} is below {min_ap}"], [row])
-        return Verdict(True, [], [row])
+            return Verdict(False, [f"no serving model to compare with, and the overall test AP {ap} is below {min_ap}"],
+                           [row], runs)
+        return Verdict(True, [], [row], runs)
     classes = sorted(set(evaluation["per_class"]) | set(baseline["per_class"]), key=lambda c: (len(c), c))
     rows = [_row(c, evaluation["per_class"].get(c), baseline["per_class"].get(c)) for c in classes]
     rows.append(_row("overall", evaluation["overall"], baseline["overall"]))
@@ -52,4 +67,4 @@ def judge(evaluation: dict, margin: float, min_ap: float) -> Verdict:
         elif row["delta"] is not None and row["delta"] < -margin:
             reasons.append(f"class {row['class']}: AP {row['candidate']:.3f} is {-row['delta']:.3f} below the serving "
                            f"model's {row['serving']:.3f} (margin {margin})")
-    return Verdict(not reasons, reasons, rows)
+    return Verdict(not reasons, reasons, rows, runs)

@@ -146,8 +146,8 @@ class Flow:
             return 1
         self.result["model_data"] = model_data
         verdict = quality_gate.judge(evaluation, self.args.margin, self.args.min_ap)
-        self.result.update(gate={"passed": verdict.passed, "reasons": verdict.reasons, "margin": self.args.margin},
-                           comparison=verdict.comparison)
+        self.result.update(gate={"passed": verdict.passed, "reasons": verdict.reasons, "margin": self.args.margin,
+                                 "mlflow_runs": verdict.runs}, comparison=verdict.comparison)
         print(verdict.table(), flush=True)
         if not verdict.passed:
             self.finish("gate_failed", f"DAGM retraining: candidate from {self.key} failed the quality gate, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import time
 
@@ -13,15 +14,28 @@ from botocore.exceptions import ClientError
 from dagm_deploy.s3_objects import split
 
 
+RUN_RECORD = "mlflow/run.json"
+
+
 class JobFailed(Exception):
     """The one-line reason a job gives no usable model."""
+
+
+# The stage's MLflow settings, passed on to the job it starts.
+TRACKING_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
+
+
+def job_environment(image: str) -> dict[str, str]:
+    """The job's environment: the stage's MLflow tracking settings, and the image the job runs
+    (its MLflow run records it)."""
+    return {**{name: os.environ[name] for name in TRACKING_VARIABLES if os.environ.get(name)}, "DAGM_IMAGE_URI": image}
 
 
 def start(sagemaker, name: str, image: str, role: str, channels: dict[str, str], output: str,
           hyperparameters: dict[str, str], instance_type: str, max_runtime: int) -> None:
     """`channels`: name -> s3:// prefix (or one object, as for a model.tar.gz)."""
     sagemaker.create_training_job(
-        TrainingJobName=name, RoleArn=role, HyperParameters=hyperparameters,
+        TrainingJobName=name, RoleArn=role, HyperParameters=hyperparameters, Environment=job_environment(image),
         AlgorithmSpecification={"TrainingImage": image, "TrainingInputMode": "File"},
         InputDataConfig=[{"ChannelName": channel, "ContentType": "image/png", "DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}}
@@ -47,6 +61,9 @@ def evaluation(s3, name: str, model_data: str) -> dict:
         archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             result = json.load(tar.extractfile("evaluation.json"))
+            # The job's MLflow run (absent when the job ran with tracking=false).
+            names = tar.getnames()
+            result["mlflow"] = json.load(tar.extractfile(RUN_RECORD)) if RUN_RECORD in names else None
         float(result["overall"]["ap"])
         return result
     except (ClientError, tarfile.TarError, KeyError, ValueError, TypeError, AttributeError) as exc:

@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
@@ -38,6 +39,9 @@ from moto.sagemakerruntime import responses as runtime_responses
 
 from local_aws import faults, guardrails, training
 from local_aws.hosting import Hosting
+
+# CreateTrainingJob's Environment, from the request handler to the backend that starts the job.
+job_environment: contextvars.ContextVar[dict | None] = contextvars.ContextVar("job_environment", default=None)
 
 
 def _variants(production_variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,13 +156,22 @@ def install(hosting: Hosting) -> None:
         hosting.remove(endpoint_name)
 
     original_create_training_job = SageMakerBackend.create_training_job
+    original_describe_training_job = SageMakerBackend.describe_training_job
 
     def create_training_job(self, training_job_name, *args, **kwargs):
         if training_job_name in self.training_jobs:
             raise ValidationError(message=f"Training job {training_job_name} already exists")
         job = original_create_training_job(self, training_job_name, *args, **kwargs)
+        job.environment = job_environment.get() or {}
         training.start(job, self.account_id, hosting.work)
         return job
+
+    def describe_training_job(self, training_job_name):
+        described = original_describe_training_job(self, training_job_name)
+        environment = self.training_jobs[training_job_name].environment
+        return {**described, "Environment": environment} if environment else described
+
+    SageMakerBackend.describe_training_job = describe_training_job
 
     SageMakerBackend.create_training_job = create_training_job
     SageMakerBackend.create_endpoint = create_endpoint
@@ -172,6 +185,22 @@ def install(hosting: Hosting) -> None:
         return sagemaker_responses.ActionResult({"EndpointArn": arn})
 
     sagemaker_responses.SageMakerResponse.update_endpoint = update_endpoint_response
+
+    original_create_training_job_response = sagemaker_responses.SageMakerResponse.create_training_job
+
+    def create_training_job_response(self):
+        # moto drops CreateTrainingJob's Environment; the job's process needs it.
+        environment = self._get_param("Environment") or {}
+        problem = training.environment_problem(environment)
+        if problem:
+            raise ValidationError(message=problem)
+        token = job_environment.set(environment)
+        try:
+            return original_create_training_job_response(self)
+        finally:
+            job_environment.reset(token)
+
+    sagemaker_responses.SageMakerResponse.create_training_job = create_training_job_response
 
     def invoke_endpoint(self):
         name = self.path.split("/")[2]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import threading
@@ -21,6 +22,27 @@ from moto.s3.models import s3_backends
 from local_aws.hosting import REPO
 
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
+# CreateTrainingJob's Environment (the API's TrainingEnvironmentMap).
+ENVIRONMENT_ITEMS, ENVIRONMENT_LENGTH = 100, 512
+ENVIRONMENT_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# What the container sees of this process's environment: a SageMaker host passes none of
+# its own MLflow settings, only the job's Environment.
+HOST_ONLY = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
+
+
+def environment_problem(environment: dict) -> str | None:
+    """Why `environment` is not a valid Environment map, as SageMaker's validation says it."""
+    if not isinstance(environment, dict):
+        return "Environment must be a map of strings"
+    if len(environment) > ENVIRONMENT_ITEMS:
+        return f"Environment has {len(environment)} entries; at most {ENVIRONMENT_ITEMS} are allowed"
+    for key, value in environment.items():
+        if not ENVIRONMENT_KEY.fullmatch(key) or len(key) > ENVIRONMENT_LENGTH:
+            return (f"Environment key '{key[:64]}' must match [a-zA-Z_][a-zA-Z0-9_]* and be at most "
+                    f"{ENVIRONMENT_LENGTH} characters")
+        if not isinstance(value, str) or len(value) > ENVIRONMENT_LENGTH:
+            return f"Environment value of '{key}' must be a string of at most {ENVIRONMENT_LENGTH} characters"
+    return None
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -85,8 +107,11 @@ def start(job, account_id: str, work: Path) -> None:
         limit = (job.stopping_condition or {}).get("MaxRuntimeInSeconds", 86400)
         with open(base / "train.log", "w") as log:
             try:
+                host = {k: v for k, v in os.environ.items() if k not in HOST_ONLY}
                 code = subprocess.run([str(ENTRYPOINT), "train"], stdout=log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, "SAGEMAKER_BASE_DIR": str(base)}, timeout=limit).returncode
+                                      env={**host, **job.environment, "SAGEMAKER_BASE_DIR": str(base),
+                                           "TRAINING_JOB_NAME": job.training_job_name},
+                                      timeout=limit).returncode
             except subprocess.TimeoutExpired:
                 fail(f"MaxRuntimeExceeded: the job ran longer than {limit} s")
                 return

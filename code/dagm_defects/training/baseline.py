@@ -48,4 +48,6 @@ def evaluate_baseline(baseline: Artifact, test: ArraySet, batch_size: int, devic
     scores, _ = predict_arrays(baseline.model.to(device.device), test, batch_size, device)
     summary = metrics.summarize(test.labels, scores, test.class_ids, baseline.threshold)
     summary["created_utc"] = baseline.metadata.get("created_utc")
+    # The MLflow run that made the serving model, so the gate's report names both runs.
+    summary["mlflow"] = baseline.metadata.get("mlflow")
     return summary

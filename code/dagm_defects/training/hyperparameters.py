@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from dagm_defects.model_config import ModelConfig, image_size_requirement
+from dagm_defects.training.rules import RULES
 
 ALL_CLASSES = tuple(range(1, 11))
 
@@ -110,6 +111,52 @@ def _one_of(*options: int) -> Callable[[Any], int]:
     return parse
 
 
+def _rule_names(value: Any) -> tuple[str, ...]:
+    text = _text(value).strip().lower()
+    if text == "false":
+        return ()
+    if text == "true":
+        return tuple(RULES)
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names or any(name not in RULES for name in names):
+        raise ValueError
+    return names
+
+
+_rule_names.expected = '"false", "true" (every rule) or a comma-separated list of rule names: ' + ", ".join(RULES)
+
+
+def _rule_parameters(value: Any) -> dict[str, dict[str, float]]:
+    """{"rule": {"parameter": number}}: the rule's defaults for the others."""
+    data = json.loads(_text(value)) if isinstance(value, str) else value
+    if not isinstance(data, dict):
+        raise ValueError
+    parsed = {}
+    for rule, parameters in data.items():
+        spec = RULES.get(rule)
+        if spec is None or not isinstance(parameters, dict) or not parameters:
+            raise ValueError
+        for name, number in parameters.items():
+            if name not in spec.defaults or isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise ValueError
+        parsed[rule] = {name: float(number) for name, number in parameters.items()}
+    return parsed
+
+
+_rule_parameters.expected = ("a JSON object of rule name to {parameter: number}; the rules and their parameters: "
+                             + "; ".join(f"{n} ({', '.join(s.defaults) or 'none'})" for n, s in RULES.items()))
+
+
+def _name(value: Any) -> str:
+    text = _text(value).strip()
+    if not text or len(text) > 200:
+        raise ValueError
+    return text
+
+
+_name.expected = "a non-empty name of at most 200 characters"
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "epochs": _integer(1, 10_000),
     "batch_size": _integer(1, 4096),
@@ -126,6 +173,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "amp": _choice("auto", "true", "false"),
     "data_workers": _integer(0, 64),
     "warm_start": _boolean,
+    "stop_on_rules": _rule_names,
+    "rule_parameters": _rule_parameters,
+    "tracking": _boolean,
+    "mlflow_experiment": _name,
 }
 
 
@@ -155,6 +206,13 @@ class Hyperparameters:
     data_workers: int = 0
     # Start from the weights in the `model` channel (same architecture) instead of at random.
     warm_start: bool = False
+    # The rules (training/rules.py) whose firing ends the job with exit code 1.
+    stop_on_rules: tuple[str, ...] = ()
+    rule_parameters: dict[str, dict[str, float]] = field(default_factory=dict)
+    # An MLflow run, the rules and the training report for the job; false trains as before.
+    tracking: bool = True
+    # None: $MLFLOW_EXPERIMENT_NAME, else "dagm-defects".
+    mlflow_experiment: str | None = None
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

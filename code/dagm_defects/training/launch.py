@@ -23,11 +23,12 @@ import traceback
 from dagm_defects.artifact import ArtifactError
 from dagm_defects.data.reader import DatasetError
 from dagm_defects.progress import write_line
+from dagm_defects.tracking.settings import TrackingConfigError
 from dagm_defects.training.checkpoint import CheckpointError
 from dagm_defects.training.hyperparameters import HyperparameterError
+from dagm_defects.training.rules import RuleStopped
 from dagm_defects.training.settings import SETTINGS_ENV, ChannelError, TrainingSettings, settings_from_toolkit
 from dagm_defects.training.stop import StopFlag, StopRequested
-
 
 
 class RankFailure(RuntimeError):
@@ -37,7 +38,7 @@ class RankFailure(RuntimeError):
 # Failures whose message is the whole story for the user.
 USER_ERRORS = (
     HyperparameterError, ChannelError, DatasetError, CheckpointError, ArtifactError,
-    StopRequested, RankFailure,
+    StopRequested, RankFailure, RuleStopped, TrackingConfigError,
 )
 HOST_RESOLVE_SECONDS = 300
 

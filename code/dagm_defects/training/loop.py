@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from dagm_defects.data.arrays import ArraySet
 from dagm_defects.device import Device
 from dagm_defects.progress import Progress
+from dagm_defects.training.monitor import StepMonitor
 from dagm_defects.training.stop import StopFlag
 
 
@@ -107,15 +108,23 @@ def _any_rank_stopping(stop: StopFlag, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def train_step(model, optimizer, images, masks, labels, device: Device, pos_weight: float):
+def train_step(model, optimizer, images, masks, labels, device: Device, pos_weight: float,
+               monitor: StepMonitor | None = None):
     """One optimisation step on a batch; returns (loss, seg_loss, dec_loss) tensors."""
     images = device.images(images)
     masks, labels = masks.to(device.device), labels.to(device.device)
+    if monitor:
+        monitor.data_ready()
     with device.autocast():
         seg_logits, dec_logits = model(images)
     loss, seg, dec = mixed_loss(seg_logits, dec_logits, masks, labels, pos_weight)
+    if monitor:
+        monitor.phase("forward")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if monitor:
+        monitor.phase("backward")
+        monitor.gradients(model)
     optimizer.step()
     return loss, seg, dec
 
@@ -131,6 +140,7 @@ def train_one_epoch(
     pos_weight: float,
     stop: StopFlag,
     label: str = "epoch",
+    monitor: StepMonitor | None = None,
 ) -> EpochStats:
     model.train()
     # A line every half minute, so a long epoch on a big dataset never looks stuck.
@@ -141,10 +151,13 @@ def train_one_epoch(
     for images, masks, labels in batches(arrays, indices, batch_size, rng):
         if _any_rank_stopping(stop, device.device):
             break
-        loss, seg, dec = train_step(model, optimizer, images, masks, labels, device, pos_weight)
+        loss, seg, dec = train_step(model, optimizer, images, masks, labels, device, pos_weight, monitor)
         n = len(labels)
-        totals += n * np.array([loss.item(), seg.item(), dec.item()])
+        values = [loss.item(), seg.item(), dec.item()]
+        totals += n * np.array(values)
         seen += n
+        if monitor:
+            monitor.step_done(values[0])
         progress.advance(n)
     mean = totals / max(seen, 1)
     return EpochStats(*mean.tolist(), images=seen, seconds=time.perf_counter() - started)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dagm_defects.artifact import Artifact, save_artifact
+from dagm_defects.artifact import Artifact, save_artifact, update_metadata
 from dagm_defects.evaluation import metrics
 from dagm_defects.evaluation.report import write_report
 from dagm_defects.device import Device
@@ -22,12 +22,14 @@ from dagm_defects.progress import write_line
 from dagm_defects.training.baseline import evaluate_baseline, load_baseline, warm_start
 from dagm_defects.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from dagm_defects.training.data import DataSplits, prepare_data
+from dagm_defects.training.observer import JobObserver
 from dagm_defects.training.loop import (
     balanced_indices,
     predict_arrays,
     seg_pos_weight,
     train_one_epoch,
 )
+from dagm_defects.training.rules import RuleStopped
 from dagm_defects.training.settings import TrainingSettings
 from dagm_defects.training.stop import StopFlag, StopRequested
 
@@ -74,7 +76,30 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
     leader = rank == 0
     _log(event="start", device=device.device.type, amp=device.amp, world_size=world,
          rank=rank, hyperparameters=json.dumps(hp.to_dict(), separators=(",", ":")))
+    observer = JobObserver(settings, device, leader, world) if hp.tracking else None
+    if observer and observer.tracker:
+        write_line(f"MLflow run in {settings.tracking.store_dir} (experiment {settings.tracking.experiment!r})")
+    try:
+        return _train(settings, stop, device, observer, rank, world)
+    except Exception as exc:
+        if observer:
+            status = ("Stopped" if isinstance(exc, StopRequested) else
+                      "Stopped by rule" if isinstance(exc, RuleStopped) else "Failed")
+            record = observer.ended_early(status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            _log_run(record)
+        raise
 
+
+def _log_run(record: dict | None) -> None:
+    if record:
+        _log(event="mlflow_run", run_id=record["run_id"], experiment=json.dumps(record["experiment"]),
+             server_run_id=record["server_run_id"] or "none")
+
+
+def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer: JobObserver | None,
+           rank: int, world: int) -> dict | None:
+    hp = settings.hyperparameters
+    leader = rank == 0
     baseline = load_baseline(settings)
     splits = prepare_data(settings, settings.decode_workers)
     for note in splits.train.notes[:5]:
@@ -82,6 +107,8 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
     _log(event="data", classes=",".join(map(str, splits.classes)), train_images=len(splits.train),
          train_defective=int(splits.train.labels.sum()), validation_images=len(splits.validation),
          test_images=len(splits.test), test_source=json.dumps(splits.test_source))
+    if observer:
+        observer.data_ready(splits)
 
     config = hp.model_config()
     model = build_model(config)
@@ -101,13 +128,20 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
     pos_weight = seg_pos_weight(splits.train, config.downsample)
     val_scores = None
     started = time.monotonic()
+    monitor = observer.monitor if observer else None
     for epoch in range(state.epochs_done, hp.epochs):
+        epoch_started = time.monotonic()
         rng = np.random.default_rng([hp.seed, epoch, rank])
         indices = _epoch_indices(splits.train.labels, epoch, hp.seed, rank, world)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(hp.learning_rate, epoch, hp.epochs)
-        stats = train_one_epoch(net, optimizer, splits.train, indices, hp.batch_size, rng,
-                                device, pos_weight, stop, label=f"epoch {epoch + 1}/{hp.epochs}")
+        if monitor:
+            monitor.begin_epoch(epoch + 1)
+        try:
+            stats = train_one_epoch(net, optimizer, splits.train, indices, hp.batch_size, rng, device,
+                                    pos_weight, stop, label=f"epoch {epoch + 1}/{hp.epochs}", monitor=monitor)
+        except RuleStopped as exc:
+            raise RuleStopped(_rule_stop_reason(exc, settings, state)) from None
         if stop.requested:
             where = "not saved (only rank 0 saves)"
             if leader:
@@ -124,24 +158,36 @@ def run_training(settings: TrainingSettings, stop: StopFlag, rank: int = 0, worl
                   "seg_loss": stats.seg_loss, "dec_loss": stats.dec_loss, "val_ap": val["ap"],
                   "val_auroc": val["auroc"], "val_accuracy": val["accuracy"]}
         state.history.append(record)
+        lr, images_per_sec = optimizer.param_groups[0]["lr"], stats.images_per_sec * world
         _log(**{k: _num(v) if k.startswith("val_") else v for k, v in record.items()},
-             lr=optimizer.param_groups[0]["lr"], train_images_per_sec=stats.images_per_sec * world,
-             elapsed_s=time.monotonic() - started)
+             lr=lr, train_images_per_sec=images_per_sec, elapsed_s=time.monotonic() - started)
         if leader:
             save_checkpoint(settings.checkpoint_dir, model, optimizer, state, identity)
+        if observer:
+            try:
+                observer.epoch_done(record, lr, images_per_sec, time.monotonic() - epoch_started,
+                                    splits.validation.labels, val_scores)
+            except RuleStopped as exc:
+                raise RuleStopped(_rule_stop_reason(exc, settings, state)) from None
 
     _log(event="finished", rank=rank, world_size=world, params_checksum=f"{_checksum(model):.6f}")
     if not leader:
         return None
-    return _finish(settings, model, splits, device, state, val_scores, baseline)
+    return _finish(settings, model, splits, device, state, val_scores, baseline, observer)
+
+
+def _rule_stop_reason(exc: RuleStopped, settings: TrainingSettings, state: TrainingState) -> str:
+    kept = (f"the checkpoint of epoch {state.epochs_done} is kept in {settings.checkpoint_dir}" if state.epochs_done
+            else "no epoch had finished, so there is no checkpoint")
+    return f"{exc}; the job was stopped (stop_on_rules); {kept}"
 
 
 def _num(value) -> float | str:
     return "nan" if value is None else float(value)
 
 
-def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Device,
-            state: TrainingState, val_scores: np.ndarray | None, baseline: Artifact | None) -> dict:
+def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Device, state: TrainingState,
+            val_scores: np.ndarray | None, baseline: Artifact | None, observer: JobObserver | None) -> dict:
     hp = settings.hyperparameters
     if val_scores is None:  # resumed with every epoch already done
         val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
@@ -172,6 +218,8 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
             "validation": {k: validation["overall"][k] for k in ("ap", "auroc", "accuracy")},
             "test": {k: summary["overall"][k] for k in ("ap", "auroc", "accuracy")},
             "epochs": state.epochs_done,
+            **({"mlflow": {"run_id": observer.run_id, "experiment": settings.tracking.experiment}}
+               if observer else {}),
         },
     )
     overall = summary["overall"]
@@ -182,4 +230,12 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
     for cls, block in summary["per_class"].items():
         _log(**{"class": cls, "test_ap": _num(block["ap"]), "test_auroc": _num(block["auroc"]),
                 "test_accuracy": _num(block["accuracy"]), "n": block["n"], "n_defective": block["n_defective"]})
+    if observer:
+        record = observer.finished(summary, metrics.curves(test.labels, scores, test.class_ids), settings.model_dir,
+                                   hp.image_size)
+        if record["server_run_id"]:
+            update_metadata(settings.model_dir, "mlflow", {
+                "run_id": record["run_id"], "experiment": record["experiment"],
+                "tracking_uri": record["tracking_uri"], "server_run_id": record["server_run_id"]})
+        _log_run(record)
     return summary

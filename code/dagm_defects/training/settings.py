@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
+from dagm_defects.tracking.settings import TrackingSettings, tracking_settings
 from dagm_defects.training.hyperparameters import Hyperparameters, parse_hyperparameters
 
 CHANNELS = ("train", "validation", "test", "model")
@@ -36,6 +38,7 @@ class TrainingSettings:
     current_host: str
     num_gpus: int
     num_cpus: int
+    tracking: TrackingSettings
     master_port: int = DEFAULT_MASTER_PORT
 
     @property
@@ -68,7 +71,9 @@ class TrainingSettings:
         hp = data.pop("hyperparameters")
         if hp.get("classes") is not None:
             hp["classes"] = tuple(hp["classes"])
-        return cls(hyperparameters=Hyperparameters(**hp), hosts=tuple(data.pop("hosts")), **data)
+        hp["stop_on_rules"] = tuple(hp["stop_on_rules"])
+        return cls(hyperparameters=Hyperparameters(**hp), hosts=tuple(data.pop("hosts")),
+                   tracking=TrackingSettings(**data.pop("tracking")), **data)
 
 
 def _check_channels(channels: dict[str, str], input_config: dict) -> None:
@@ -126,6 +131,8 @@ def settings_from_toolkit() -> TrainingSettings:
         current_host=env.current_host,
         num_gpus=env.num_gpus,
         num_cpus=env.num_cpus,
+        tracking=tracking_settings(hyperparameters.tracking, env.output_data_dir, hyperparameters.mlflow_experiment,
+                                   env.job_name, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")),
     )
     port = os.environ.get("DAGM_MASTER_PORT")
     return replace(settings, master_port=int(port)) if port else settings
