@@ -92,10 +92,14 @@ def synthetic_only(args, base: dict, genuine: int) -> dict:
 
 
 def job_result(work: Path, minutes: float) -> dict:
-    """What the job's evaluation.json says, and how long the job took."""
+    """What the job's evaluation.json and training report say, and how long the job took."""
     evaluation = json.loads((work / "output" / "data" / "evaluation.json").read_text())
+    rules = json.loads((work / "output" / "data" / "report.json").read_text())["rules"]
     overall = evaluation["overall"]
     return {
+        # The committed recipe must leave every rule quiet; the gradient figure shows the margin.
+        "rules_fired": [rule["name"] for rule in rules if rule["status"] == "fired"],
+        "gradients": next(rule["evidence"] for rule in rules if rule["name"] == "exploding_gradients"),
         "evaluated_on": evaluation["source"],
         "images": overall["n"],
         "defective": overall["n_defective"],
