@@ -44,6 +44,7 @@ test: venv
 bench: venv
 	$(PY) bench/model_costs.py
 	$(PY) bench/training_pipeline.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/tracking_overhead.py
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serving.py
 
 # The CPU recipe on genuine DAGM (../shared/data/dagm-real), three seeds; skips without it.

@@ -206,6 +206,13 @@ def test_two_process_ddp_ranks_agree(tiny_dataset, tmp_path):
     assert {f["world_size"] for f in finished} == {"2"}
     assert len({f["params_checksum"] for f in finished}) == 1
     assert (job.model_dir / "model.pt").is_file()
+    # One MLflow run for the job, written by rank 0, not one per rank.
+    assert len(job.tokens("event=mlflow_run")) == 1
+    from mlflow.tracking import MlflowClient
+
+    store = MlflowClient(tracking_uri=f"sqlite:///{job.work / 'output' / 'data' / 'mlflow' / 'mlflow.db'}")
+    [run] = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    assert run.data.params["world_size"] == "2"
 
 
 def test_checkpoint_of_another_architecture_is_refused(tiny_dataset, tmp_path):

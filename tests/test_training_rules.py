@@ -98,6 +98,14 @@ def test_overfitting_is_training_loss_falling_while_validation_loss_rises():
     for n, (train, val) in enumerate([(1.0, 0.5), (0.6, 0.4), (0.4, 0.41), (0.3, 0.39), (0.2, 0.42)], start=1):
         noisy.check_epoch(epoch(n, train, val_loss=val))
     assert "overfitting" not in noisy.fired()
+    # Genuine Class 8, the CPU recipe, seed 1 (bench-real, 2026-12-05): early validation
+    # losses jump while the model settles, and then fall for good.
+    settling = RuleBook()
+    losses = [(1.1094, 0.6082), (0.9084, 0.7545), (0.29, 5.9289), (0.1723, 0.1102), (0.0976, 0.0327),
+              (0.0502, 1.7158), (0.0552, 0.0119), (0.043, 0.0099), (0.0385, 0.0064), (0.0346, 0.0063)]
+    for n, (train, val) in enumerate(losses, start=1):
+        settling.check_epoch(epoch(n, train, val_loss=val, val_ap=1.0))
+    assert settling.fired() == []
 
 
 def test_host_rules_data_waiting_utilization_and_memory():
@@ -111,7 +119,7 @@ def test_host_rules_data_waiting_utilization_and_memory():
     assert evidence["memory_near_limit"] == "peak memory 15360 MiB is 94% of 16384 MiB (the host's memory)"
     # A short epoch or few steps say too little to judge.
     short = RuleBook()
-    short.check_epoch(epoch(1, 1.0, steps=2, step_seconds=1.0, data_seconds=0.9, utilization=0.05))
+    short.check_epoch(epoch(1, 1.0, steps=2, step_seconds=0.5, data_seconds=0.4, utilization=0.05))
     assert short.fired() == [] and statuses(short)["low_utilization"] == "not evaluated"
 
 

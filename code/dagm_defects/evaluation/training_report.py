@@ -20,6 +20,13 @@ from dagm_defects.evaluation import plots
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+USAGE = "usage: python -m dagm_defects.evaluation.training_report REPORT_JSON"
+# The keys the page reads; a JSON file without them is some other document.
+REPORT_KEYS = ("job", "mlflow", "hyperparameters", "dataset", "epochs", "rules", "profile", "evaluation", "curves")
+LOSS_KEYS = ("train_loss", "seg_loss", "dec_loss", "val_loss")
+SCORE_KEYS = ("val_ap", "val_auroc")
+# Rule statuses mapped to CSS classes, so a status is never written into markup as it came.
+STATUS_CLASSES = {"fired": "fired", "quiet": "quiet", "not evaluated": "not-evaluated"}
 _STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
 vertical-align:top}th{background:#f3f3f3}.fired{color:#b00;font-weight:bold}.quiet{color:#070}
@@ -47,40 +54,67 @@ def _num(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _png(draw) -> str:
-    """An <img> of the figure `draw(path)` writes."""
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f} %"
+
+
+def _bytes(count: int | None) -> str:
+    if count is None:
+        return "n/a"
+    # Binary units: memory limits are set in them, so a 16 GiB limit reads as 16.0, not 17.2.
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
+def _png(draw, alt: str) -> str:
+    """An inline <img> of the figure `draw(path)` writes; plot_pr_roc only writes to a path."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "figure.png"
         draw(path)
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Cells are HTML already (escaped by the caller), so they may hold markup of our own."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _key_values(facts: dict | None) -> str:
+    return _table(["", ""], [[_e(k), _e(v)] for k, v in (facts or {}).items()])
+
+
+# ---------------------------------------------------------------- figures
+
+
 def _draw_curves(epochs: list[dict], path: Path) -> None:
     plt = plots._pyplot()
-    fig, (losses, scores) = plt.subplots(1, 2, figsize=(10, 3.5))
-    x = [e["epoch"] for e in epochs]
-    for key in ("train_loss", "seg_loss", "dec_loss", "val_loss"):
-        points = [(xi, e.get(key)) for xi, e in zip(x, epochs) if e.get(key) is not None]
+    fig, (losses, scores) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
+    try:
+        _plot_series(losses, epochs, LOSS_KEYS)
+        _plot_series(scores, epochs, SCORE_KEYS)
+        losses.set(title="losses", xlabel="epoch", yscale="log" if _spans_decades(epochs) else "linear")
+        scores.set(title="validation", xlabel="epoch", ylim=(0, 1.02))
+        plots._save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _plot_series(ax, epochs: list[dict], keys: tuple[str, ...]) -> None:
+    """One line per key over the epochs that have a value; markers so one epoch still shows."""
+    for key in keys:
+        points = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
         if points:
-            losses.plot(*zip(*points), marker="o", label=key)
-    for key in ("val_ap", "val_auroc"):
-        points = [(xi, e.get(key)) for xi, e in zip(x, epochs) if e.get(key) is not None]
-        if points:
-            scores.plot(*zip(*points), marker="o", label=key)
-    losses.set(title="losses", xlabel="epoch", yscale="log" if _spans_decades(epochs) else "linear")
-    scores.set(title="validation", xlabel="epoch", ylim=(0, 1.02))
-    for ax in (losses, scores):
+            ax.plot(*zip(*points), marker="o", label=key)
+    from matplotlib.ticker import MaxNLocator
+
+    # Whole epochs only: a fractional tick would suggest a measurement between them. One tick
+    # is allowed, or a single epoch's axis falls back to ticks at 0.96, 0.98, ...
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
-    plots._save(fig, path)
-    plt.close(fig)
 
 
 def _spans_decades(epochs: list[dict]) -> bool:
@@ -90,13 +124,18 @@ def _spans_decades(epochs: list[dict]) -> bool:
 
 def _draw_profile(seconds: dict[str, float], path: Path) -> None:
     plt = plots._pyplot()
-    fig, ax = plt.subplots(figsize=(8, 2.2))
-    names = list(seconds)
-    ax.barh(names, [seconds[n] for n in names], color="tab:blue")
-    ax.invert_yaxis()
-    ax.set(xlabel="seconds", title="where the training steps' time went")
-    plots._save(fig, path)
-    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 2.2), layout="constrained")
+    try:
+        names = list(seconds)
+        ax.barh(names, [seconds[n] for n in names], color="tab:blue")
+        ax.invert_yaxis()
+        ax.set(xlabel="seconds", title="where the training steps' time went")
+        plots._save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------- sections
 
 
 def _header(report: dict) -> str:
@@ -106,22 +145,36 @@ def _header(report: dict) -> str:
             ["device", _e(job["device"])]]
     if job.get("failure_reason"):
         rows.append(["failure reason", _e(job["failure_reason"])])
-    if run.get("run_id"):
-        rows += [["MLflow run", _e(run["run_id"])], ["MLflow experiment", _e(run.get("experiment"))],
-                 ["tracking URI", _e(run.get("tracking_uri"))]]
+    for key, label in (("run_id", "MLflow run"), ("experiment", "MLflow experiment"), ("tracking_uri", "tracking URI")):
+        if run.get(key):
+            rows.append([label, _e(run[key])])
     return _table(["", ""], rows)
+
+
+def _when(rule: dict) -> str:
+    parts = [f"{name} {rule[name]}" for name in ("epoch", "step") if rule.get(name) is not None]
+    return " ".join(parts) or "n/a"
+
+
+def _rule_row(rule: dict) -> list[str]:
+    css = STATUS_CLASSES.get(rule["status"], "not-evaluated")
+    return [f"<b>{_e(rule['name'])}</b><br><small>{_e(rule.get('description'))}</small>",
+            f'<span class="{css}">{_e(rule["status"])}</span>',
+            "yes" if rule["stops_job"] else "no",
+            _e(_when(rule)), _e(rule.get("evidence") or ""), f"<code>{_e(rule.get('parameters') or {})}</code>"]
 
 
 def _rules(rules: list[dict]) -> str:
     fired = sum(rule["status"] == "fired" for rule in rules)
-    rows = [[f"<b>{_e(r['name'])}</b><br><small>{_e(r['description'])}</small>",
-             f'<span class="{r["status"].replace(" ", "-")}">{_e(r["status"])}</span>',
-             "yes" if r["stops_job"] else "no",
-             _e(None if r["epoch"] is None else f"epoch {r['epoch']}" + (f" step {r['step']}" if r["step"] is not None
-                                                                       else "")),
-             _e(r["evidence"] or ""), f"<code>{_e(r['parameters'])}</code>"] for r in rules]
     return (f"<p>{fired} of {len(rules)} rules fired.</p>"
-            + _table(["rule", "status", "stops the job", "when", "evidence", "parameters"], rows))
+            + _table(["rule", "status", "stops the job", "when", "evidence", "parameters"],
+                     [_rule_row(rule) for rule in rules]))
+
+
+def _training_curves(epochs: list[dict]) -> str:
+    if not epochs:
+        return "<p>No epoch finished.</p>"
+    return _png(lambda path: _draw_curves(epochs, path), "losses and validation metrics per epoch")
 
 
 def _evaluation(report: dict) -> str:
@@ -130,10 +183,10 @@ def _evaluation(report: dict) -> str:
         return "<p>No evaluation: the job stopped before it.</p>"
     parts = []
     if report.get("curves"):
-        parts.append(_png(lambda path: plots.plot_pr_roc(report["curves"], path)))
+        parts.append(_png(lambda path: plots.plot_pr_roc(report["curves"], path), "precision-recall and ROC curves"))
     blocks = [*summary["per_class"].items(), ("all", summary["overall"])]
-    rows = [[_e(name), _e(b["n"]), _e(b["n_defective"]), *(_num(b.get(k)) for k in
-             ("ap", "auroc", "accuracy", "precision", "recall"))] for name, b in blocks]
+    rows = [[_e(name), _e(b["n"]), _e(b["n_defective"]),
+             *(_num(b.get(k)) for k in ("ap", "auroc", "accuracy", "precision", "recall"))] for name, b in blocks]
     parts.append(f"<p>Decision threshold {_num(summary['threshold'])}; {_e(summary.get('source', 'test set'))}.</p>")
     parts.append(_table(["class", "n", "defective", "AP", "AUROC", "accuracy", "precision", "recall"], rows))
     return "".join(parts)
@@ -141,27 +194,26 @@ def _evaluation(report: dict) -> str:
 
 def _profile(profile: dict) -> str:
     seconds = profile["seconds"]
-    total = sum(seconds.values()) or 1.0
-    rows = [[_e(k), _num(v, 2), f"{100 * v / total:.1f} %"] for k, v in seconds.items()]
+    total = sum(seconds.values())
+    rows = [[_e(k), _num(v, 2), _percent(v / total if total else None)] for k, v in seconds.items()]
     facts = [["steps", _e(profile["steps"])], ["device", _e(profile["device"])],
-             ["CPU utilisation (whole job)", _e(None if profile.get("cpu_utilization") is None
-                                                else f"{100 * profile['cpu_utilization']:.0f} %")],
-             ["peak memory", _e(None if profile.get("peak_memory_bytes") is None
-                                else f"{profile['peak_memory_bytes'] / 2**20:.0f} MiB")],
-             ["memory limit", _e(None if profile.get("memory_limit_bytes") is None
-                                 else f"{profile['memory_limit_bytes'] / 2**20:.0f} MiB")]]
-    figure = _png(lambda path: _draw_profile(seconds, path)) if profile["steps"] else ""
+             ["CPU utilisation (whole job)", _percent(profile.get("cpu_utilization"))],
+             ["peak memory", _bytes(profile.get("peak_memory_bytes"))],
+             ["memory limit", _bytes(profile.get("memory_limit_bytes"))]]
+    if profile.get("gpu_busy_share") is not None:
+        facts.append(["GPU busy", _percent(profile["gpu_busy_share"])])
+    # Without a step every bar is zero: a figure would say nothing the table does not.
+    figure = _png(lambda path: _draw_profile(seconds, path), "seconds per step phase") if total else ""
     return figure + _table(["phase", "seconds", "share"], rows) + _table(["", ""], facts)
 
 
 def render_html(report: dict) -> str:
-    epochs = report["epochs"]
-    curves = (_png(lambda path: _draw_curves(epochs, path)) if epochs else "<p>No epoch finished.</p>")
-    kv = lambda d: _table(["", ""], [[_e(k), _e(v)] for k, v in (d or {}).items()])  # noqa: E731
+    """The page for a report as ``write_training_report`` stores it (NaN already null)."""
     sections = [
-        ("Training job", _header(report)), ("Rules", _rules(report["rules"])), ("Training curves", curves),
-        ("Evaluation", _evaluation(report)), ("Profile", _profile(report["profile"])),
-        ("Dataset", kv(report["dataset"])), ("Hyperparameters", kv(report["hyperparameters"])),
+        ("Training job", _header(report)), ("Rules", _rules(report["rules"])),
+        ("Training curves", _training_curves(report["epochs"])), ("Evaluation", _evaluation(report)),
+        ("Profile", _profile(report["profile"])), ("Dataset", _key_values(report["dataset"])),
+        ("Hyperparameters", _key_values(report["hyperparameters"])),
     ]
     body = "".join(f"<h2>{_e(title)}</h2>{content}" for title, content in sections)
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Training report: {_e(report['job']['name'])}"
@@ -169,6 +221,7 @@ def render_html(report: dict) -> str:
 
 
 def write_training_report(out_dir: str | Path, report: dict) -> tuple[Path, Path]:
+    """Write ``report.json`` (strict JSON) and ``report.html`` into ``out_dir``; their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = _strict(report)
@@ -178,18 +231,33 @@ def write_training_report(out_dir: str | Path, report: dict) -> tuple[Path, Path
     return json_path, html_path
 
 
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except OSError as exc:
+        # strerror alone: the OS's message would name the file a second time.
+        raise ValueError(f"{path} cannot be read as a training report: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{path} cannot be read as a training report: {exc}") from exc
+    missing = [key for key in REPORT_KEYS if key not in report] if isinstance(report, dict) else ["all"]
+    if missing:
+        raise ValueError(f"{path} is not a training report: it lacks {', '.join(missing)}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Render report.html next to the given JSON file; the JSON itself is left as it is."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 64
     path = Path(args[0])
     try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        print(f"error: {path} cannot be read as a training report: {exc}", file=sys.stderr)
+        report = _read_report(path)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    write_training_report(path.parent, report)
+    (path.parent / REPORT_HTML).write_text(render_html(_strict(report)))
     return 0
 
 

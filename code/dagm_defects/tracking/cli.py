@@ -3,12 +3,15 @@
     dagm-runs compare [--store DIR | --tracking-uri URI] [--experiment NAME] [--metric test_ap]
                       [--against RUN_ID] [--json]
     dagm-runs upload --store DIR --tracking-uri URI [--run-id ID]
+    dagm-runs relocate --store DIR
 
 ``--store`` is a job's embedded store (``/opt/ml/output/data/mlflow``, also inside the
 job's ``output.tar.gz``); without it, ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` names
 the server. ``compare`` lists an experiment's runs side by side with their key figures
 and marks the best by ``--metric`` (and the difference to ``--against``, say the run of
-the model now serving); ``upload`` copies a store's runs to a server that missed them.
+the model now serving); ``upload`` copies a store's runs to a server that missed them;
+``relocate`` makes a store unpacked from a job's ``output.tar.gz`` find its files (upload
+does it itself), so ``mlflow ui`` shows them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dagm_defects.tracking.settings import DEFAULT_EXPERIMENT, server_client
+from dagm_defects.tracking.store import StoreError, relocate, store_uri
 
 COLUMNS = ("val_ap", "test_ap", "test_auroc", "test_recall", "test_precision")
 EXIT_ERROR = 1
@@ -32,10 +36,10 @@ class RunsError(RuntimeError):
 
 
 def _store_uri(store: str) -> str:
-    database = Path(store) / "mlflow.db"
-    if not database.is_file():
-        raise RunsError(f"{store} holds no MLflow store (no mlflow.db): give a job's output/data/mlflow directory")
-    return f"sqlite:///{database.resolve()}"
+    try:
+        return store_uri(store)
+    except StoreError as exc:
+        raise RunsError(str(exc)) from None
 
 
 def _client(store: str | None, tracking_uri: str | None):
@@ -129,6 +133,7 @@ def upload(args) -> int:
     from dagm_defects.tracking.transfer import copy_run
 
     source = MlflowClient(tracking_uri=_store_uri(args.store))
+    relocate(args.store)  # a store unpacked from a job's output.tar.gz
     server = server_client(args.tracking_uri)
     if args.run_id:
         run_ids = [args.run_id]
@@ -140,6 +145,14 @@ def upload(args) -> int:
     for run_id in run_ids:
         remote = copy_run(source, run_id, server, args.tracking_uri)
         print(f"{run_id} -> {args.tracking_uri} run {remote}")
+    return 0
+
+
+def relocate_store(args) -> int:
+    _store_uri(args.store)
+    where = Path(args.store).resolve() / "artifacts"
+    print(f"{args.store}: runs now read their files from {where}" if relocate(args.store)
+          else f"{args.store}: its runs already read their files from {where}")
     return 0
 
 
@@ -159,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--tracking-uri", required=True)
     up.add_argument("--run-id", help="only this run")
     up.set_defaults(handler=upload)
+    moved = commands.add_parser("relocate", help="point a store unpacked from a job's output.tar.gz at its own files")
+    moved.add_argument("--store", required=True)
+    moved.set_defaults(handler=relocate_store)
     return top
 
 

@@ -113,6 +113,17 @@ class JobTracker:
         for start in range(0, len(items), 100):
             self._client.log_batch(self._run_id, params=items[start:start + 100])
 
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict, context: str) -> None:
+        """The data as MLflow's dataset input (the UI's "Datasets used")."""
+        self._submit(self._log_dataset, name, digest, source, profile, context)
+
+    def _log_dataset(self, name: str, digest: str, source: str, profile: dict, context: str) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                          profile=json.dumps(profile))
+        self._client.log_inputs(self._run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
     def log_metrics(self, metrics: dict[str, float | None], step: int) -> None:
         timestamp = int(time.time() * 1000)
         self._submit(self._log_metrics, {k: v for k, v in metrics.items() if v is not None}, step, timestamp)

@@ -9,11 +9,10 @@ a run already on a server is not copied there twice.
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import urlparse
-
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+
+from dagm_defects.tracking.store import local_path
 
 UPLOADED_TAG = "dagm.uploaded_to"
 LOCAL_RUN_TAG = "dagm.local_run_id"
@@ -55,7 +54,7 @@ def copy_run(source: MlflowClient, run_id: str, server: MlflowClient, server_uri
                for key in sorted(run.data.metrics) for m in source.get_metric_history(run_id, key)]
     for chunk in _chunks(history, _METRICS_PER_CALL):
         server.log_batch(remote_id, metrics=chunk)
-    artifacts = Path(urlparse(run.info.artifact_uri).path)
+    artifacts = local_path(run.info.artifact_uri)
     if artifacts.is_dir() and any(artifacts.iterdir()):
         server.log_artifacts(remote_id, str(artifacts))
     server.set_terminated(remote_id, status=run.info.status, end_time=run.info.end_time)

@@ -66,7 +66,7 @@ class StepMonitor:
         self._grad_norms: dict[str, float] | None = None
         self._marked = 0.0
         self._step_started = 0.0
-        self._cpu_started = 0.0
+        self._cpu_started = self._cpu_after_steps = 0.0
 
     @property
     def _sampling(self) -> bool:
@@ -78,7 +78,7 @@ class StepMonitor:
 
     def begin_epoch(self, epoch: int) -> None:
         self._epoch, self._clock = epoch, EpochClock()
-        self._cpu_started = sum(self._process.cpu_times()[:2])
+        self._cpu_started = self._cpu_after_steps = self._cpu_seconds()
         self._marked = self._step_started = time.perf_counter()
 
     def phase(self, name: str) -> None:
@@ -108,6 +108,8 @@ class StepMonitor:
         self._clock.steps += 1
         self._clock.step_seconds += now - self._step_started
         self._step_started = self._marked = now
+        # Read at every step (a /proc read, microseconds) so validation's CPU is left out.
+        self._cpu_after_steps = self._cpu_seconds()
         facts = StepFacts(self._epoch, self._step, loss, self._grad_norms)
         self._step += 1
         reason = self.rules.check_step(facts)
@@ -143,8 +145,12 @@ class StepMonitor:
             sampled = sum(clock.sampled.values())
             busy = sampled - clock.sampled["data"]
             return (busy / sampled if sampled else None), "the GPU (sampled steps)"
-        cpu = sum(self._process.cpu_times()[:2]) - self._cpu_started
+        cpu = self._cpu_after_steps - self._cpu_started
         return cpu / (clock.step_seconds * self._cores), f"the {self._cores} CPU core(s)"
+
+    def _cpu_seconds(self) -> float:
+        times = self._process.cpu_times()
+        return times.user + times.system
 
     def peak_memory(self) -> int:
         if self.device.type == "cuda":

@@ -100,6 +100,9 @@ class JobObserver:
             return
         self.dataset = dataset_facts(self.settings, splits)
         self.tracker.log_params({f"data.{k}": v for k, v in self.dataset.items()})
+        profile = {k: v for k, v in self.dataset.items() if k.endswith(("_images", "_defective"))}
+        self.tracker.log_dataset("dagm-" + "-".join(f"class{c}" for c in splits.classes),
+                                 self.dataset["content_hash"], self.settings.channels["train"], profile, "training")
 
     def epoch_done(self, record: dict, lr: float, images_per_sec: float, seconds: float,
                    validation_labels: np.ndarray, validation_scores: np.ndarray) -> None:

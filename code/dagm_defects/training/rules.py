@@ -61,8 +61,9 @@ SPECS = (
              "`saturated`, or after `patience` epochs is still within `chance_margin` of guessing",
              {"patience": 4, "min_delta": 0.001, "saturated": 0.995, "chance_margin": 0.1}),
     RuleSpec("overfitting",
-             "over `window` epochs the training loss fell while the validation loss (the window's median) "
-             "rose above its earlier best by more than `rise` (relative) and `min_rise` (absolute)",
+             "over `window` epochs the training loss fell while the validation loss (the window's median "
+             "and its last epoch) rose above its earlier best by more than `rise` (relative) and `min_rise` "
+             "(absolute)",
              {"window": 3, "rise": 0.1, "min_rise": 0.02}),
     RuleSpec("exploding_gradients", "a layer's gradient norm is above `threshold` or not finite",
              {"threshold": 100.0}),
@@ -247,12 +248,15 @@ class RuleBook:
         train, val = self._history.train_loss, self._history.val_loss
         if len(train) <= window or any(v is None for v in val):
             return None
-        # The window's median: one noisy epoch neither fires the rule nor hides a trend.
+        # The window's median and its last epoch both above the earlier best: one noisy epoch
+        # (early validation losses jump while BatchNorm's statistics settle) neither fires
+        # the rule nor hides a trend.
         recent = sorted(val[-window:])[window // 2]
         best = min(val[:-window])
-        rise = recent - best
         train_fell = train[-1] < train[-1 - window]
-        if not (train_fell and rise > parameters["min_rise"] and rise > parameters["rise"] * best):
+        risen = all(v - best > parameters["min_rise"] and v - best > parameters["rise"] * best
+                    for v in (recent, val[-1]))
+        if not (train_fell and risen):
             self._quiet("overfitting")
             return None
         return self._fire("overfitting", facts.epoch, None,
