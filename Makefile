@@ -13,7 +13,10 @@ PYTEST_ARGS ?=
 
 .PHONY: venv locks demo test bench bench-real images image-test local-aws clean
 
-venv: $(VENV_STAMP) $(CLASS_ARCHIVE)
+# An empty MLflow store at MLflow's schema, which each training job copies (dagm_defects/tracking/store.py).
+MLFLOW_TEMPLATE_STAMP := $(VENV)/share/dagm-defects/.template-made
+
+venv: $(VENV_STAMP) $(CLASS_ARCHIVE) $(MLFLOW_TEMPLATE_STAMP)
 
 # editable_mode=compat: a plain path entry per project; setuptools' default import finders
 # cost every Python process the tests start about 0.3 s more (measured with torch's import).
@@ -30,6 +33,10 @@ $(VENV_STAMP): requirements/train.lock requirements/serve.lock requirements/depl
 $(CLASS_ARCHIVE): $(VENV_STAMP) docker/mms.properties
 	MMS_CONFIG_FILE=docker/mms.properties DAGM_MMS_LOG_CONFIG=docker/mms-log4j2.xml \
 		$(VENV)/bin/dagm-mms-class-archive $@
+
+$(MLFLOW_TEMPLATE_STAMP): $(VENV_STAMP)
+	$(PY) -m dagm_defects.tracking.store
+	touch $@
 
 # Rewrite requirements/*.lock from the pyproject.toml files and what .venv has installed.
 locks: venv

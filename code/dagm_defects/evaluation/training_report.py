@@ -20,6 +20,7 @@ from dagm_defects.evaluation import plots
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+PR_ROC_FILE = "pr_roc.png"
 USAGE = "usage: python -m dagm_defects.evaluation.training_report REPORT_JSON"
 # The keys the page reads; a JSON file without them is some other document.
 REPORT_KEYS = ("job", "mlflow", "hyperparameters", "dataset", "epochs", "rules", "profile", "evaluation", "curves")
@@ -177,12 +178,18 @@ def _training_curves(epochs: list[dict]) -> str:
     return _png(lambda path: _draw_curves(epochs, path), "losses and validation metrics per epoch")
 
 
-def _evaluation(report: dict) -> str:
+def _evaluation(report: dict, figures: Path | None) -> str:
     summary = report.get("evaluation")
     if not summary:
         return "<p>No evaluation: the job stopped before it.</p>"
     parts = []
-    if report.get("curves"):
+    drawn = figures / PR_ROC_FILE if figures else None
+    if drawn and drawn.is_file():
+        # The job's evaluation drew these curves already (evaluation/report.py): the same
+        # figure, without drawing it twice.
+        data = base64.b64encode(drawn.read_bytes()).decode("ascii")
+        parts.append(f'<img alt="precision-recall and ROC curves" src="data:image/png;base64,{data}">')
+    elif report.get("curves"):
         parts.append(_png(lambda path: plots.plot_pr_roc(report["curves"], path), "precision-recall and ROC curves"))
     blocks = [*summary["per_class"].items(), ("all", summary["overall"])]
     rows = [[_e(name), _e(b["n"]), _e(b["n_defective"]),
@@ -207,11 +214,12 @@ def _profile(profile: dict) -> str:
     return figure + _table(["phase", "seconds", "share"], rows) + _table(["", ""], facts)
 
 
-def render_html(report: dict) -> str:
-    """The page for a report as ``write_training_report`` stores it (NaN already null)."""
+def render_html(report: dict, figures: Path | None = None) -> str:
+    """The page for a report as ``write_training_report`` stores it (NaN already null);
+    `figures` is a folder that may hold the evaluation's pr_roc.png."""
     sections = [
         ("Training job", _header(report)), ("Rules", _rules(report["rules"])),
-        ("Training curves", _training_curves(report["epochs"])), ("Evaluation", _evaluation(report)),
+        ("Training curves", _training_curves(report["epochs"])), ("Evaluation", _evaluation(report, figures)),
         ("Profile", _profile(report["profile"])), ("Dataset", _key_values(report["dataset"])),
         ("Hyperparameters", _key_values(report["hyperparameters"])),
     ]
@@ -227,7 +235,7 @@ def write_training_report(out_dir: str | Path, report: dict) -> tuple[Path, Path
     report = _strict(report)
     json_path, html_path = out_dir / REPORT_JSON, out_dir / REPORT_HTML
     json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    html_path.write_text(render_html(report))
+    html_path.write_text(render_html(report, out_dir))
     return json_path, html_path
 
 
@@ -257,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    (path.parent / REPORT_HTML).write_text(render_html(_strict(report)))
+    (path.parent / REPORT_HTML).write_text(render_html(_strict(report), path.parent))
     return 0
 
 

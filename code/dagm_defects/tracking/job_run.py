@@ -87,8 +87,11 @@ class JobTracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow.tracking import MlflowClient
 
+        from dagm_defects.tracking.store import seed_from_template
+
         settings = self.settings
         Path(settings.artifact_root).mkdir(parents=True, exist_ok=True)
+        seed_from_template(settings.store_dir)
         client = MlflowClient(tracking_uri=settings.store_uri)
         experiment = client.get_experiment_by_name(settings.experiment)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(

@@ -39,10 +39,17 @@ def validation_loss(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def content_hash(splits: DataSplits) -> str:
-    """One digest of every image, mask and label the job trained, validated and tested on."""
+    """One digest of every image, mask and label the job trained, validated and tested on.
+    Masks are 0/1, so they are hashed as bits; a test set that is the validation set (no
+    test channel, no Test split) is hashed once."""
     digest = hashlib.blake2b(digest_size=16)
+    seen: set[int] = set()
     for arrays in (splits.train, splits.validation, splits.test):
-        for part in (arrays.images, arrays.masks, arrays.labels, arrays.class_ids):
+        digest.update(b"same" if id(arrays) in seen else b"set")
+        if id(arrays) in seen:
+            continue
+        seen.add(id(arrays))
+        for part in (arrays.images, np.packbits(arrays.masks), arrays.labels, arrays.class_ids):
             digest.update(np.ascontiguousarray(part).data)
     return digest.hexdigest()
 
