@@ -138,6 +138,8 @@ def test_a_job_is_one_mlflow_run_with_settings_data_curves_files_and_model(train
     assert metadata["mlflow"] == {"run_id": run.info.run_id, "experiment": "dagm-defects"}
     assert trained_job.tokens("event=mlflow_run")[0]["run_id"] == run.info.run_id
     assert "\r" not in trained_job.output
+    # The store started from make venv's template: no schema migrations in the job.
+    assert "Creating initial MLflow database tables" not in trained_job.output
 
 
 def test_the_mlflow_model_loads_and_predicts_as_the_artifact_does(trained_job):
@@ -343,7 +345,9 @@ def test_a_server_that_refuses_costs_a_warning_naming_it(tiny_dataset, tmp_path)
     thread.start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        job = run_training(tiny_dataset, tmp_path / "ml", {**TINY_HPS, "epochs": "1"}, env={"MLFLOW_TRACKING_URI": uri})
+        # No template store either: the job's store gets MLflow's own schema migrations.
+        job = run_training(tiny_dataset, tmp_path / "ml", {**TINY_HPS, "epochs": "1"},
+                           env={"MLFLOW_TRACKING_URI": uri, "DAGM_MLFLOW_TEMPLATE": str(tmp_path / "absent.db")})
     finally:
         server.shutdown()
         server.server_close()
@@ -351,6 +355,8 @@ def test_a_server_that_refuses_costs_a_warning_naming_it(tiny_dataset, tmp_path)
     warning = next(line for line in job.output.splitlines() if line.startswith("warning: the MLflow run"))
     assert warning.startswith(f"warning: the MLflow run was not uploaded to {uri} (") and "PERMISSION_DENIED" in warning
     assert json.loads((store_of(job.work) / "run.json").read_text())["server_run_id"] is None
+    assert "Creating initial MLflow database tables" in job.output
+    assert the_run(store_of(job.work))[1].info.status == "FINISHED"
 
 
 def test_a_malformed_upload_bound_fails_the_job_naming_it(tiny_dataset, tmp_path):
