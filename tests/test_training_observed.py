@@ -420,7 +420,7 @@ def test_a_learning_rate_near_zero_fires_loss_not_decreasing_and_thresholds_fire
     # No recipe here makes gradients vanish or memory run out: their thresholds are moved instead.
     parameters = {"vanishing_gradients": {"threshold": 1000, "samples": 1},
                   "memory_near_limit": {"limit_bytes": 100 * 2**20}}
-    job = run_training(rules_dataset, tmp_path / "ml", {**RULE_HPS, "epochs": "8", "learning_rate": "1e-9",
+    job = run_training(rules_dataset, tmp_path / "ml", {**RULE_HPS, "epochs": "10", "learning_rate": "1e-9",
                                                         "rule_parameters": json.dumps(parameters)})
     assert job.returncode == 0, job.output[-3000:]
     rules = {rule["name"]: rule for rule in report(job.work)["rules"]}

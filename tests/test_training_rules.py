@@ -64,14 +64,20 @@ def test_exploding_and_vanishing_gradients_name_the_layer():
 
 def test_loss_not_decreasing_needs_a_whole_window_without_a_new_best():
     book = RuleBook()
-    for n, loss in enumerate([1.0, 0.8, 0.9, 0.85, 0.81], start=1):
+    for n, loss in enumerate([1.0, 0.8, 0.9, 0.85, 0.81, 0.82], start=1):
         book.check_epoch(epoch(n, loss))
     assert "loss_not_decreasing" in book.fired()
     assert statuses(book)["loss_not_decreasing"] == "fired"
     recovering = RuleBook()
-    for n, loss in enumerate([1.0, 0.8, 0.9, 0.85, 0.79], start=1):
+    for n, loss in enumerate([1.0, 0.8, 0.9, 0.85, 0.81, 0.79], start=1):
         recovering.check_epoch(epoch(n, loss))
     assert "loss_not_decreasing" not in recovering.fired()
+    # Genuine Class 8, the CPU recipe, seed 2 (bench-real, 2026-12-05): a three-epoch plateau
+    # on the way down, which a window of 3 took for a stall.
+    plateau = RuleBook()
+    for n, loss in enumerate([0.8836, 0.2372, 0.1524, 0.0515, 0.058, 0.0554, 0.0583, 0.045, 0.0301, 0.0298], start=1):
+        plateau.check_epoch(epoch(n, loss, val_ap=1.0))
+    assert plateau.fired() == []
 
 
 def test_validation_not_improving_near_chance_and_after_a_plateau_but_not_when_saturated():

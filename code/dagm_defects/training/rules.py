@@ -55,7 +55,7 @@ SPECS = (
     RuleSpec("loss_not_finite", "the training loss is NaN or infinite", {}),
     RuleSpec("loss_not_decreasing",
              "the epoch's training loss has not fallen below its best of `window` epochs earlier",
-             {"window": 3, "min_delta": 0.0}),
+             {"window": 4, "min_delta": 0.0}),
     RuleSpec("validation_not_improving",
              "validation AP has made no new best (by `min_delta`) for `patience` epochs and is below "
              "`saturated`, or after `patience` epochs is still within `chance_margin` of guessing",
