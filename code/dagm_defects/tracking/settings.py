@@ -34,12 +34,18 @@ class TrackingSettings:
     enabled: bool
     store_dir: str
     experiment: str
-    run_name: str
+    # The SageMaker training job's name (TRAINING_JOB_NAME); None for a job run by hand.
+    job_name: str | None
+    started_utc: str
     server_uri: str | None = None
     upload_seconds: float = DEFAULT_UPLOAD_SECONDS
     code_version: str = ""
     commit: str = ""
     image: str = ""
+
+    @property
+    def run_name(self) -> str:
+        return self.job_name or f"local-{self.started_utc}"
 
     @property
     def store_uri(self) -> str:
@@ -97,7 +103,8 @@ def tracking_settings(enabled: bool, output_data_dir: str, experiment: str | Non
         enabled=enabled,
         store_dir=store_dir,
         experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT,
-        run_name=job_name or f"local-{started_utc}",
+        job_name=job_name or None,
+        started_utc=started_utc,
         server_uri=server,
         upload_seconds=_upload_seconds(),
         code_version=metadata.version("dagm-defects"),

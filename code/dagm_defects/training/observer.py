@@ -94,8 +94,8 @@ class JobObserver:
                 tags["mlflow.source.git.commit"] = tracking.commit
             if tracking.image:
                 tags["dagm.image"] = tracking.image
-            if not tracking.run_name.startswith("local-"):
-                tags["sagemaker.training_job"] = tracking.run_name
+            if tracking.job_name:
+                tags["sagemaker.training_job"] = tracking.job_name
             self.tracker = JobTracker.start(tracking, params, tags)
 
     @property
