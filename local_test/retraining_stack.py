@@ -1,20 +1,23 @@
-"""Create deploy/pipeline.yml's retraining resources on the local AWS, from the template.
+"""Create deploy/pipeline.yml's event-driven resources on the local AWS, from the template:
+retraining on new profiles, and deploying what is approved in the model registry.
 
     AWS_ENDPOINT_URL=http://127.0.0.1:4566 .venv/bin/python local_test/retraining_stack.py \\
         --bucket dagm-data --endpoint dagm --topic SNS_ARN [--role ARN] [--hosting-role ARN] \\
         [--training-image dagm-defects-train:latest] [--parameter Name=Value ...] \
         [--variable NAME=VALUE ...] [--alarm-period 300]
 
-The data bucket's EventBridge notifications, the RetrainProject CodeBuild project (its
-buildspec and every environment variable as the template computes it from the
-parameters), the RetrainOnProfile and RetrainOnDrift rules with their targets, and the
-DriftAlarm: what a `cloudformation deploy` of the stack would create for retraining,
-with the stack's bucket, topic, role and training repository given on the command line
-(the local AWS has no CloudFormation). Then dropping a profile under the profiles
-prefix runs the whole flow (dagm-retrain), as in the cloud. `--parameter` sets
-template parameters (e.g. RetrainHyperparameters, BakeSeconds); `--variable` overrides one
-of the project's environment variables (e.g. POLL_SECONDS), and `--alarm-period` the
-drift alarm's period, to make a demonstration quick. Prints what it made as JSON.
+The data bucket's EventBridge notifications, the RetrainProject and DeployProject CodeBuild
+projects (their buildspecs and every environment variable as the template computes it
+from the parameters), the RetrainOnProfile, RetrainOnDrift and DeployOnApproval rules with
+their targets, the model package group and the DriftAlarm: what a `cloudformation deploy`
+of the stack would create for them, with the stack's bucket, topic, role and training
+repository given on the command line (the local AWS has no CloudFormation). Then dropping
+a profile under the profiles prefix runs the whole flow (dagm-retrain), which registers
+the model; approving it (dagm-registry approve) deploys it, as in the cloud. `--parameter`
+sets template parameters (e.g. RetrainHyperparameters, BakeSeconds); `--variable` overrides
+an environment variable of the projects that have it (e.g. POLL_SECONDS), and
+`--alarm-period` the drift alarm's period, to make a demonstration quick. Prints what it
+made as JSON.
 """
 
 from __future__ import annotations
@@ -95,48 +98,64 @@ def create(args: argparse.Namespace) -> dict:
     template = yaml.load(TEMPLATE.read_text(), Loader=Loader)
     parameters = dict(item.split("=", 1) for item in args.parameter)
     codebuild, events, cloudwatch = boto3.client("codebuild"), boto3.client("events"), boto3.client("cloudwatch")
-    project_name = f"{parameters.get('ProjectName', template['Parameters']['ProjectName']['Default'])}-retrain"
+    prefix = parameters.get("ProjectName", template["Parameters"]["ProjectName"]["Default"])
     alarm_name = f"{parameters.get('EndpointName', args.endpoint)}-input-drift"
     resources = {
         "DataBucket": args.bucket, "NotificationTopic": args.topic,
         "TrainingExecutionRole.Arn": args.role, "HostingExecutionRole.Arn": args.hosting_role or args.role,
         "TrainRepository.RepositoryUri": args.training_image, "RetrainEventsRole.Arn": args.role,
-        "RetrainRole.Arn": args.role,
-        "RetrainProject.Arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{project_name}",
+        "RetrainRole.Arn": args.role, "DeployRole.Arn": args.role, "DeployEventsRole.Arn": args.role,
+        "RetrainProject.Arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{prefix}-retrain",
+        "DeployProject.Arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{prefix}-deploy",
         "DriftAlarm.Arn": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{alarm_name}",
     }
     stack = Stack(template, {"EndpointName": args.endpoint, **parameters}, resources)
     # The deploy lock's table, by the template's name (dagm-deploy creates it when missing).
     stack.names["DeployLockTable"] = stack.properties("DeployLockTable")["TableName"]
+    group = stack.properties("ModelPackageGroup")
+    stack.names["ModelPackageGroup"] = group["ModelPackageGroupName"]
+    stack.names["ModelPackageGroup.ModelPackageGroupArn"] = (
+        f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package-group/{group['ModelPackageGroupName']}")
+    boto3.client("sagemaker").create_model_package_group(**group)
 
     boto3.client("s3").put_bucket_notification_configuration(
         Bucket=args.bucket, NotificationConfiguration={"EventBridgeConfiguration": {}})
-    project = stack.properties("RetrainProject")
-    variables = {v["Name"]: str(v["Value"]) for v in project["Environment"]["EnvironmentVariables"]}
     overrides = dict(item.split("=", 1) for item in args.variable)
-    if set(overrides) - set(variables):
-        raise SystemExit(f"retraining_stack: RetrainProject has no variable(s) {', '.join(sorted(set(overrides) - set(variables)))}")
-    variables.update(overrides)
-    codebuild.create_project(
-        name=project["Name"], serviceRole=args.role, artifacts={"type": project["Artifacts"]["Type"]},
-        source={"type": project["Source"]["Type"], "location": project["Source"]["Location"],
-                "buildspec": project["Source"]["BuildSpec"]},
-        environment={"type": project["Environment"]["Type"], "image": project["Environment"]["Image"],
-                     "computeType": project["Environment"]["ComputeType"],
-                     "environmentVariables": [{"name": name, "value": value} for name, value in variables.items()]})
+    projects = {name: make_project(codebuild, stack.properties(name), overrides, args.role)
+                for name in ("RetrainProject", "DeployProject")}
+    unknown = set(overrides) - {key for variables in projects.values() for key in variables}
+    if unknown:
+        raise SystemExit(f"retraining_stack: no project has the variable(s) {', '.join(sorted(unknown))}")
     alarm = stack.properties("DriftAlarm")
     alarm.pop("AlarmActions")  # the topic hears from retrain.py itself; the local AWS sends no alarm actions
     if args.alarm_period:
         alarm.update(Period=args.alarm_period, EvaluationPeriods=1)
     cloudwatch.put_metric_alarm(**{**alarm, "Threshold": float(alarm["Threshold"])})
     rules = {}
-    for rule_name in ("RetrainOnProfile", "RetrainOnDrift"):
+    for rule_name in ("RetrainOnProfile", "RetrainOnDrift", "DeployOnApproval"):
         rule = stack.properties(rule_name)
         events.put_rule(Name=rule_name, EventPattern=json.dumps(rule["EventPattern"]), Description=rule["Description"])
         events.put_targets(Rule=rule_name, Targets=rule["Targets"])
         rules[rule_name] = rule["EventPattern"]
-    return {"bucket": args.bucket, "project": project["Name"], "alarm": alarm["AlarmName"], "rules": rules,
-            "environment": variables}
+    return {"bucket": args.bucket, "project": stack.properties("RetrainProject")["Name"],
+            "deploy_project": stack.properties("DeployProject")["Name"], "model_package_group": group["ModelPackageGroupName"],
+            "alarm": alarm["AlarmName"], "rules": rules, "environment": projects["RetrainProject"],
+            "deploy_environment": projects["DeployProject"]}
+
+
+def make_project(codebuild, project: dict, overrides: dict[str, str], role: str) -> dict[str, str]:
+    """The CodeBuild project as the template declares it, with `overrides` for the variables
+    it has; its environment variables."""
+    variables = {v["Name"]: str(v["Value"]) for v in project["Environment"]["EnvironmentVariables"]}
+    variables.update({name: value for name, value in overrides.items() if name in variables})
+    codebuild.create_project(
+        name=project["Name"], serviceRole=role, artifacts={"type": project["Artifacts"]["Type"]},
+        source={"type": project["Source"]["Type"], "location": project["Source"]["Location"],
+                "buildspec": project["Source"]["BuildSpec"]},
+        environment={"type": project["Environment"]["Type"], "image": project["Environment"]["Image"],
+                     "computeType": project["Environment"]["ComputeType"],
+                     "environmentVariables": [{"name": name, "value": value} for name, value in variables.items()]})
+    return variables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training-image", default="dagm-defects-train:latest")
     parser.add_argument("--parameter", nargs="*", default=[], metavar="Name=Value", help="template parameters")
     parser.add_argument("--variable", nargs="*", default=[], metavar="NAME=VALUE",
-                        help="RetrainProject environment overrides")
+                        help="environment overrides for the RetrainProject and DeployProject variables of that name")
     parser.add_argument("--alarm-period", type=int, help="seconds per drift alarm evaluation (one period)")
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.parameter + args.variable):

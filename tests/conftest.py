@@ -329,6 +329,17 @@ def aws_client(url: str, service: str, retries: dict | None = None, **config):
                         config=Config(retries=retries or {"max_attempts": 1}, **config))
 
 
+def inline_build_project(url: str, name: str, commands: list[str]) -> str:
+    """A CodeBuild project on the local AWS whose inline buildspec runs `commands`; its ARN."""
+    buildspec = "version: 0.2\nphases:\n  build:\n    commands:\n" + "".join(f"      - {c}\n" for c in commands)
+    return aws_client(url, "codebuild").create_project(
+        name=name, serviceRole="arn:aws:iam::123456789012:role/codebuild", artifacts={"type": "NO_ARTIFACTS"},
+        source={"type": "CODECOMMIT", "location": "https://git-codecommit.us-east-1.amazonaws.com/v1/repos/dagm",
+                "buildspec": buildspec},
+        environment={"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0",
+                     "computeType": "BUILD_GENERAL1_SMALL"})["project"]["arn"]
+
+
 def model_tarball(model_dir: Path) -> bytes:
     """model.tar.gz of an artefact directory, as a training job uploads it."""
     out = io.BytesIO()

@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from conftest import aws_client as client
-from conftest import ONCE, TINY_HPS, listed_faults, model_tarball, noise_png, upload
+from conftest import ONCE, TINY_HPS, inline_build_project, listed_faults, model_tarball, noise_png, upload
 
 pytestmark = pytest.mark.slow
 
@@ -228,6 +228,25 @@ WIRE_FORMATS = {
     "rest-json": ("sagemaker-runtime", "invoke_endpoint", {"EndpointName": "nowhere", "Body": b"{}"},
                   "ServiceUnavailable", 503),
 }
+
+
+def test_a_build_started_by_a_rule_reports_its_real_state(local_aws):
+    """BatchGetBuilds: IN_PROGRESS while the buildspec runs, then FAILED for a failing
+    command (moto alone answers SUCCEEDED to any build the moment it is asked)."""
+    codebuild, events = client(local_aws, "codebuild"), client(local_aws, "events")
+    project = inline_build_project(local_aws, "state-build", ["sleep 2", "exit 3"])
+    events.put_rule(Name="state-build", EventPattern=json.dumps({"source": ["test.state-build"]}))
+    events.put_targets(Rule="state-build", Targets=[{"Id": "build", "Arn": project, "RoleArn": ROLE}])
+    events.put_events(Entries=[{"Source": "test.state-build", "DetailType": "go", "Detail": "{}"}])
+    deadline = time.monotonic() + 30
+    while not (ids := codebuild.list_builds_for_project(projectName="state-build")["ids"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert codebuild.batch_get_builds(ids=ids)["builds"][0]["buildStatus"] == "IN_PROGRESS"
+    while (build := codebuild.batch_get_builds(ids=ids)["builds"][0])["buildStatus"] == "IN_PROGRESS":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert (build["buildStatus"], build["currentPhase"], build["buildComplete"]) == ("FAILED", "COMPLETED", True)
 
 
 @pytest.mark.parametrize("protocol", WIRE_FORMATS)

@@ -6,12 +6,14 @@ and its Train stage (dagm-train-stage) on the local AWS."""
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tarfile
 import tomllib
 from pathlib import Path
 
@@ -360,6 +362,28 @@ def test_stages_install_only_what_the_lock_pins():
     assert pip_problems(template()) == []
 
 
+def registry_problems(t: dict) -> list[str]:
+    """Only ModelApproverRole may change a version's approval; registering can never approve."""
+    problems = []
+    for role in (name for name, r in t["Resources"].items() if r["Type"] == "AWS::IAM::Role"):
+        for statement in role_statements(t, role):
+            actions = as_list(statement["Action"])
+            if any(matches(a, "sagemaker:UpdateModelPackage") for a in actions) and role != "ModelApproverRole":
+                problems.append(f"{role} may UpdateModelPackage")
+            if any(matches(a, "sagemaker:CreateModelPackage") for a in actions):
+                allowed = (statement.get("Condition") or {}).get("StringEquals", {}).get("sagemaker:ModelApprovalStatus")
+                if not allowed or "Approved" in as_list(allowed):
+                    problems.append(f"{role} may register a model as Approved ({allowed})")
+    approver = role_statements(t, "ModelApproverRole")
+    if not any("sagemaker:UpdateModelPackage" in as_list(s["Action"]) for s in approver):
+        problems.append("ModelApproverRole cannot approve")
+    return problems
+
+
+def test_only_the_approver_role_approves_models():
+    assert registry_problems(template()) == []
+
+
 def test_deploy_lock_table_reaches_the_rollouts():
     t = template()
     table = t["Resources"]["DeployLockTable"]
@@ -380,10 +404,18 @@ def test_deploy_lock_table_reaches_the_rollouts():
                 assert as_list(statement["Resource"]) == ["DeployLockTable.Arn"], name
 
 
-def test_pipeline_has_the_four_stages():
+def test_the_pipeline_trains_and_registers_and_an_approval_deploys():
     resources = template()["Resources"]
     stages = [s["Name"] for s in resources["Pipeline"]["Properties"]["Stages"]]
-    assert stages == ["Source", "Build", "Train", "Deploy"]
+    assert stages == ["Source", "Build", "Train"]
+    assert "--model-package-group" in " ".join(project_commands(resources["TrainProject"]))
+    rule = resources["DeployOnApproval"]["Properties"]
+    assert rule["EventPattern"] == {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Model Package State Change"],
+                                    "detail": {"ModelPackageGroupName": ["ModelPackageGroup"],
+                                               "ModelApprovalStatus": ["Approved", "Rejected"]}}
+    assert [role_of(t["Arn"]) for t in rule["Targets"]] == ["DeployProject"]
+    deploy = " ".join(project_commands(resources["DeployProject"]))
+    assert "dagm-deploy deploy" in deploy and '--model-package-group "$MODEL_PACKAGE_GROUP"' in deploy
     assert resources["BuildProject"]["Properties"]["Environment"]["PrivilegedMode"] is True
     assert not any(p["Properties"]["Environment"].get("PrivilegedMode") for name, p in projects(template()).items()
                    if name != "BuildProject")
@@ -402,21 +434,44 @@ def test_train_stage_trains_gates_and_hands_over_the_model(local_aws, tiny_datas
                    bucket="pipeline-data")
     upload(local_aws, "models/.keep", b"", bucket="pipeline-data")
     images = tmp_path / "images.json"
+    serve_digest = "dagm-defects-serve@sha256:" + "cd" * 32
     images.write_text(json.dumps({"tag": "abc", "train": {"uri": "dagm-defects-train:abc"},
-                                  "serve": {"uri": "dagm-defects-serve:abc"}}))
+                                  "serve": {"uri": "dagm-defects-serve:abc", "digest_uri": serve_digest}}))
     common = ["--images", str(images), "--data", "s3://pipeline-data/stage-data/", "--output",
               "s3://pipeline-data/models", "--role", "arn:aws:iam::123456789012:role/sm",
               "--hyperparameters", json.dumps(TINY_HPS), "--poll-seconds", "1"]
 
-    passed = run_stage(local_aws, *common, "--job-name", "stage-ok", "--min-ap", "0", "--result", str(tmp_path / "t.json"))
+    registered = ["--model-package-group", "stage-models", "--commit", "0123abc"]
+    passed = run_stage(local_aws, *common, *registered, "--job-name", "stage-ok", "--min-ap", "0",
+                       "--result", str(tmp_path / "t.json"))
     assert passed.returncode == 0, passed.stdout + passed.stderr
     result = json.loads((tmp_path / "t.json").read_text())
     assert result["job"] == "stage-ok" and result["model_data"].endswith("stage-ok/output/model.tar.gz")
+    s3, sagemaker = aws_client(local_aws, "s3"), aws_client(local_aws, "sagemaker")
     bucket, _, key = result["model_data"][len("s3://"):].partition("/")
-    assert aws_client(local_aws, "s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+    # Registered for review: the serving image by digest, the job's evaluation.json as its metrics.
+    package = sagemaker.describe_model_package(ModelPackageName=result["model_package"])
+    assert (package["ModelApprovalStatus"], package["ModelPackageVersion"]) == ("PendingManualApproval", 1)
+    assert package["InferenceSpecification"]["Containers"] == [{"Image": serve_digest, "ModelDataUrl": result["model_data"]}]
+    with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key.replace("model.tar.gz", "output.tar.gz"))
+                                         ["Body"].read())) as tar:
+        written = tar.extractfile("evaluation.json").read()
+    metrics = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    assert s3.get_object(Bucket=bucket, Key=metrics.split("/", 3)[3])["Body"].read() == written
+    metadata = package["CustomerMetadataProperties"]
+    assert float(metadata["test-ap"]) == json.loads(written)["overall"]["ap"] == result["test_ap"]
+    assert (metadata["training-job"], metadata["dataset"], metadata["commit"]) == (
+        "stage-ok", "s3://pipeline-data/stage-data/", "0123abc")
+    assert package["MetadataProperties"] == {"GeneratedBy": "stage-ok", "CommitId": "0123abc"}
 
-    gated = run_stage(local_aws, *common, "--job-name", "stage-gated", "--min-ap", "1.01")
+    gated = run_stage(local_aws, *common, *registered, "--job-name", "stage-gated", "--min-ap", "1.01")
     assert gated.returncode == 1 and "quality gate: test AP" in gated.stderr and "below --min-ap 1.01" in gated.stderr
+    [rejected] = [p for p in sagemaker.list_model_packages(ModelPackageGroupName="stage-models")["ModelPackageSummaryList"]
+                  if p["ModelPackageVersion"] == 2]
+    assert rejected["ModelApprovalStatus"] == "Rejected"
+    assert rejected["ModelPackageDescription"].startswith("Quality gate failed: test AP") and "1.01" in \
+        rejected["ModelPackageDescription"]
 
     broken = run_stage(local_aws, *common[:-4], "--hyperparameters", '{"epochs": "0"}', "--poll-seconds", "1",
                        "--job-name", "stage-broken")

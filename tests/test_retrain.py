@@ -1,12 +1,17 @@
 """dagm-retrain run on the local AWS: a broken profile is rejected with its whole
-report and nothing lost, a candidate that fails the gate is not deployed, and a valid
-profile ends as a rolled-out model trained on the old data plus the new rows; and the
-same flow started the way pipeline.yml starts it, by uploading a profile."""
+report and nothing lost, a candidate that fails the gate is not deployed (and is
+registered Rejected with the gate's reasons), and a valid profile ends as a rolled-out
+model trained on the old data plus the new rows; and the same flow started the way
+pipeline.yml starts it, by uploading a profile: the model is registered
+PendingManualApproval with its job's evaluation, nothing is deployed until
+`dagm-registry approve`, whose event starts the Deploy build and its canary."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +22,7 @@ from dagm_defects.data.labels import parse_labels
 from dagm_defects.data.synthetic import generate_dataset
 
 from conftest import REPO, TINY_HPS, aws_client, model_tarball, upload
-from test_deploy import ROLE, deploy_command, run, variants_of
+from test_deploy import DEPLOY, ROLE, Load, deploy_command, run, variants_of
 
 pytestmark = pytest.mark.slow
 
@@ -118,10 +123,16 @@ def test_a_candidate_that_fails_the_gate_is_not_deployed(world):
     profile = "image_key,label,mask_key,class\n" + "\n".join(world.new_rows) + "\n"
     hps = json.dumps({**TINY_HPS, "epochs": "1"})
     # A margin of -1 asks every class to gain a whole unit of AP: no candidate can.
-    result = world.retrain("profiles/weak.csv", profile, "--hyperparameters", hps, "--margin", "-1")
+    result = world.retrain("profiles/weak.csv", profile, "--hyperparameters", hps, "--margin", "-1",
+                           "--model-package-group", "retrain-gated")
     assert result.returncode == 1, result.stdout + result.stderr
     outcome = json.loads(world.read("processed/profiles/weak.csv.result.json"))
     assert outcome["outcome"] == "gate_failed", outcome
+    # Registered all the same, Rejected, with the gate's reasons: nothing trained is dropped.
+    package = aws_client(world.url, "sagemaker").describe_model_package(ModelPackageName=outcome["model_package"])
+    assert package["ModelApprovalStatus"] == "Rejected" and package["ModelPackageGroupName"] == "retrain-gated"
+    assert package["ModelPackageDescription"].startswith("Quality gate failed: class 1: AP")
+    assert package["CustomerMetadataProperties"]["profile"] == f"s3://{BUCKET}/profiles/weak.csv"
     assert [reason.split(":")[0] for reason in outcome["gate"]["reasons"]] == ["class 1", "class 2", "class overall"]
     assert {row["class"] for row in outcome["comparison"]} == {"1", "2", "overall"}
     assert "class  candidate  serving" in result.stdout
@@ -179,19 +190,69 @@ def test_uploading_a_profile_runs_the_flow_through_eventbridge_and_codebuild(wor
         assert time.monotonic() < deadline, world.keys()
         time.sleep(1)
     outcome = json.loads(world.read("processed/profiles/class2.txt.result.json"))
-    assert outcome["outcome"] == "deployed" and outcome["dataset"]["added"] == 6, outcome
-    assert variants_of(world.url, ENDPOINT) == {outcome["variant"]: 1.0}
+    assert outcome["outcome"] == "registered" and outcome["dataset"]["added"] == 6, outcome
     codebuild = aws_client(world.url, "codebuild")
     [build_id] = codebuild.list_builds_for_project(projectName=stack["project"])["ids"]
-    deadline = time.monotonic() + 30
-    while (build := codebuild.batch_get_builds(ids=[build_id])["builds"][0])["buildStatus"] == "IN_PROGRESS":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    build = _finished(codebuild, build_id)
     assert build["buildStatus"] == "SUCCEEDED"
     assert build["environment"]["environmentVariables"] == [
         {"name": "PROFILE", "value": f"s3://{BUCKET}/profiles/class2.txt", "type": "PLAINTEXT"}]
     [message] = world.messages()
-    assert "now serves" in message["Subject"]
+    assert "awaits approval" in message["Subject"]
+
+    # Registered for review with the job's own evaluation; registering deploys nothing.
+    sagemaker = aws_client(world.url, "sagemaker")
+    package = sagemaker.describe_model_package(ModelPackageName=outcome["model_package"])
+    assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    assert package["ModelPackageGroupName"] == stack["model_package_group"]
+    written = _job_evaluation(world, outcome["model_data"])
+    metrics = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    assert world.read(metrics.removeprefix(f"s3://{BUCKET}/")) == written
+    evaluation = json.loads(written)
+    metadata = package["CustomerMetadataProperties"]
+    assert float(metadata["test-ap"]) == evaluation["overall"]["ap"] and metadata["training-job"] == outcome["job"]
+    assert float(metadata["ap-class-2"]) == evaluation["per_class"]["2"]["ap"]
+    assert metadata["dataset"] == outcome["dataset"]["uri"] and metadata["profile"] == outcome["profile"]
+    [container] = package["InferenceSpecification"]["Containers"]
+    assert (container["Image"], container["ModelDataUrl"]) == ("dagm-defects-serve:latest", outcome["model_data"])
+    assert "image/png" in package["InferenceSpecification"]["SupportedContentTypes"]
+    time.sleep(2)
+    assert codebuild.list_builds_for_project(projectName=stack["deploy_project"])["ids"] == []
+    before = variants_of(world.url, ENDPOINT)
+    assert len(before) == 1 and outcome["serving"]["variant"] in before
+
+    # Approving starts the Deploy build: the canary rolls the approved version out under load.
+    with Load(world.url, ENDPOINT) as load:
+        approved = run(world.url, sys.executable, "-m", "dagm_deploy.registry_cli", "approve",
+                       "--model-package", outcome["model_package"], "--note", "looked at the report")
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        deadline = time.monotonic() + 60
+        while not (ids := codebuild.list_builds_for_project(projectName=stack["deploy_project"])["ids"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        deploy_build = _finished(codebuild, ids[0], 240)
+    assert deploy_build["buildStatus"] == "SUCCEEDED", deploy_build
+    assert {"name": "APPROVAL_STATUS", "value": "Approved", "type": "PLAINTEXT"} in \
+        deploy_build["environment"]["environmentVariables"]
+    assert not load.failures, load.failures[:5]
+    [variant] = json.loads(run(world.url, *DEPLOY, "status", "--endpoint", ENDPOINT).stdout)["variants"]
+    assert variant["model_package"] == outcome["model_package"] and variant["approval"] == "Approved"
+    assert variants_of(world.url, ENDPOINT) == {variant["variant"]: 1.0} and variant["variant"] not in before
+
+
+def _finished(codebuild, build_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while (build := codebuild.batch_get_builds(ids=[build_id])["builds"][0])["buildStatus"] == "IN_PROGRESS":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return build
+
+
+def _job_evaluation(world: World, model_data: str) -> bytes:
+    """evaluation.json as the job wrote it, from its output.tar.gz."""
+    archive = world.read(model_data.removeprefix(f"s3://{BUCKET}/").rsplit("/", 1)[0] + "/output.tar.gz")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        return tar.extractfile("evaluation.json").read()
 
 
 def test_a_drift_alarm_runs_the_oldest_waiting_profile(world):

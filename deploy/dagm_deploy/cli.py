@@ -1,12 +1,21 @@
 """dagm-deploy: roll a new model onto a SageMaker endpoint, and look after it.
 
-    dagm-deploy deploy --endpoint E --image URI --model-data s3://... --role ARN
-        [--version V] [--instance-type T] [--instance-count N] [--steps 10,50,100]
+    dagm-deploy deploy --endpoint E --role ARN
+        (--image URI --model-data s3://... | --model-package ARN | --model-package-group NAME)
+        [--lock-wait S] [--version V] [--instance-type T] [--instance-count N] [--steps 10,50,100]
         [--bake-seconds S] [--alarms A,B] [--samples IMG ...] [--latency-ms MS] [--model-env K=V ...]
         [--strategy variants|guardrails]
     dagm-deploy status|rollback|delete --endpoint E
     dagm-deploy unlock --endpoint E --owner OWNER
     dagm-deploy autoscale --endpoint E --variant V --min N --max M --target-invocations K
+
+A registered model (--model-package, or the newest Approved version of
+--model-package-group, read again once the deploy lock is held) must be Approved: any
+other status is refused, exit 1, before the lock is taken or anything is created; the
+endpoint's model is then created from the package (registry.py). Deploying a group's
+newest Approved version is what the pipeline's approval events run, so an approval, a
+rejection of the serving version (back to the previous Approved one), or a duplicate or
+stale event all converge on it; a version that already serves is left as it is.
 
 (also `python -m dagm_deploy ...`). boto3 alone; AWS_ENDPOINT_URL points it at the
 local AWS (`make local-aws`). How a rollout goes and how it ends safe: rollout.py and
@@ -31,7 +40,7 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dagm_deploy import aws, options, signals
+from dagm_deploy import aws, options, registry, signals
 from dagm_deploy.autoscaling import Scaling, autoscale
 from dagm_deploy.endpoint import Endpoint
 from dagm_deploy.errors import Interrupted, Refused
@@ -65,10 +74,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="SageMakerVariantInvocationsPerInstance to hold (per minute)")
     scale.add_argument("--scale-in-cooldown", type=int, default=300)
     scale.add_argument("--scale-out-cooldown", type=int, default=60)
-    deploy.add_argument("--image", required=True, help="serving image URI")
-    deploy.add_argument("--model-data", required=True, help="s3:// URI of model.tar.gz")
+    deploy.add_argument("--image", help="serving image URI (with --model-data)")
+    deploy.add_argument("--model-data", help="s3:// URI of model.tar.gz (with --image)")
+    deploy.add_argument("--model-package", help="ARN of an Approved model package")
+    deploy.add_argument("--model-package-group", help="deploy this group's newest Approved version")
+    deploy.add_argument("--lock-wait", type=float, default=0,
+                        help="seconds to wait for another deploy's lock before refusing (default: refuse at once)")
     deploy.add_argument("--role", required=True, help="SageMaker execution role ARN for hosting")
-    deploy.add_argument("--version", help="names the model and variant (default: the image tag)")
+    deploy.add_argument("--version", help="names the model and variant (default: the image tag; a registered model: its group and version)")
     deploy.add_argument("--instance-type", default="ml.m5.large")
     deploy.add_argument("--instance-count", type=int, default=1)
     deploy.add_argument("--steps", default="10,50,100", help="traffic percentages for the new variant")
@@ -104,7 +117,8 @@ def locked_rollback(args: argparse.Namespace, endpoint: Endpoint) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "deploy":  # the options first: a bad one is named before any AWS client exists
-        Rollout(options.from_args(args), args.update_timeout).run()
+        chosen = options.from_args(args)
+        Rollout(registry.for_rollout(aws.control("sagemaker"), chosen), args.update_timeout).run()
         return
     endpoint = Endpoint(args.endpoint, args.poll_seconds)
     if args.command == "status":

@@ -84,9 +84,19 @@ class Lock:
         self.stop = threading.Event()
         self.lost: str | None = None
         self.thread: threading.Thread | None = None
+        self.waited_for: str | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, wait: float = 0) -> None:
+        """Take the lock; while another deploy holds it, wait up to `wait` seconds for it."""
         ensure_table(self.dynamodb, self.table)
+        deadline = time.monotonic() + wait
+        while not self._take(deadline):
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        self.thread = threading.Thread(target=self._renew, name="deploy-lock-lease", daemon=True)
+        self.thread.start()
+
+    def _take(self, deadline: float) -> bool:
+        """True once the lock is ours; False while it is held and the deadline is ahead."""
         now = time.time()
         try:
             previous = self.dynamodb.put_item(
@@ -100,12 +110,16 @@ class Lock:
             if not _conditional_failure(error):
                 raise
             held = holder(self.dynamodb, self.table, self.endpoint)
+            if time.monotonic() < deadline:
+                if held and held["owner"] != self.waited_for:
+                    self.waited_for = held["owner"]
+                    self.say(f"waiting for the deploy lock held by {describe(held)}")
+                return False
             raise Refused(f"another deploy ({describe(held) if held else 'just finished'}) holds the lock on "
                           f"this endpoint; wait for it or for its lease to expire") from None
         if previous:
             self.say(f"took over the lock of {previous['Owner']['S']}, whose lease had expired")
-        self.thread = threading.Thread(target=self._renew, name="deploy-lock-lease", daemon=True)
-        self.thread.start()
+        return True
 
     def _renew(self) -> None:
         good_until = time.time() + self.lease

@@ -51,6 +51,12 @@ class Options:
     check_timeout: float = 60
     lock_table: str = "dagm-deploy-locks"
     lease_seconds: float = 300
+    # Seconds to wait for another deploy's lock before refusing (event-driven deploys queue).
+    lock_wait: float = 0
+    # A registered model: the package's ARN (image and model_data are then the package's).
+    package: str | None = None
+    # Deploy the newest Approved version of this group, as it stands once the lock is held.
+    package_group: str | None = None
 
     @property
     def model(self) -> str:
@@ -77,7 +83,15 @@ def steps(text: str) -> list[int]:
 
 
 def from_args(args: argparse.Namespace) -> Options:
-    if not args.model_data.startswith("s3://"):
+    given = [name for name, value in (("--model-data/--image", args.model_data or args.image),
+                                      ("--model-package", args.model_package),
+                                      ("--model-package-group", args.model_package_group)) if value]
+    if len(given) != 1:
+        raise Refused("give the model as --image with --model-data, or --model-package ARN, or "
+                      f"--model-package-group NAME{' (not ' + ' and '.join(given) + ')' if given else ''}")
+    if bool(args.model_data) != bool(args.image):
+        raise Refused("--image and --model-data go together")
+    if args.model_data and not args.model_data.startswith("s3://"):
         raise Refused(f"--model-data {args.model_data!r}: expected an s3:// URI")
     samples = []
     for path in args.samples:
@@ -94,13 +108,17 @@ def from_args(args: argparse.Namespace) -> Options:
         model_env[key] = value
     if not args.lease_seconds >= 10:
         raise Refused(f"--lease-seconds {args.lease_seconds:g}: expected at least 10")
+    if not args.lock_wait >= 0:
+        raise Refused(f"--lock-wait {args.lock_wait:g}: expected seconds, at least 0")
     try:
         percentages = steps(args.steps)
     except ValueError as exc:
         raise Refused(f"--steps {args.steps!r}: {exc}") from None
-    version = args.version or args.image.rpartition(":")[2] or str(int(time.time()))
-    return Options(args.endpoint, args.image, args.model_data, args.role, name_part(version, 40),
+    # A registered model's version is named once the package is known (registry.for_rollout).
+    version = args.version or (args.image and args.image.rpartition(":")[2]) or (
+        "" if args.model_data is None else str(int(time.time())))
+    return Options(args.endpoint, args.image or "", args.model_data or "", args.role, name_part(version, 40) if version else "",
                    args.instance_type, args.instance_count, percentages, args.bake_seconds,
                    [a for a in args.alarms.split(",") if a], samples or [sample_png()], args.latency_ms,
                    args.alarm_period, args.strategy, model_env, args.poll_seconds, args.check_timeout,
-                   args.lock_table, args.lease_seconds)
+                   args.lock_table, args.lease_seconds, args.lock_wait, args.model_package, args.model_package_group)

@@ -14,14 +14,17 @@ profile is valid, 1 when not, 2 when the profile itself cannot be read.
 
 `run` is the whole flow, as the S3 upload event starts it (pipeline.yml's
 RetrainOnProfile rule) or `--waiting` picks the oldest waiting profile (the drift alarm):
-validate -> a prepared training prefix (the current data plus the profile's rows,
-dataset_prep.py) -> a training job with the serving model as its `model` channel (scored
-on the same held-out images; --warm-start starts from its weights) -> the quality gate
-(quality_gate.py) -> a canary rollout (rollout.py) -> SNS with the comparison. The
-profile ends in `rejected/KEY` (invalid, report at `rejected/KEY.report.json`) or
-`processed/KEY` (result at `processed/KEY.result.json`); nothing uploaded is deleted. A
-failed training job leaves the profile where it was, to be retried. Exit 0 when the new
-model serves (or nothing waits), 1 when the profile, the gate or the rollout said no,
+validate -> a prepared training prefix (the data the serving model was trained on plus
+the profile's rows, dataset_prep.py) -> a training job with the serving model as its
+`model` channel (scored on the same held-out images; --warm-start starts from its
+weights) -> the quality gate (quality_gate.py) -> with --model-package-group, the model
+registered for review (registry.py: PendingManualApproval when it passed, Rejected with
+the gate's reasons when not), whose approval deploys it (pipeline.yml's DeployOnApproval);
+without, a canary rollout at once (rollout.py) -> SNS with the comparison. The profile
+ends in `rejected/KEY` (invalid, report at `rejected/KEY.report.json`) or `processed/KEY`
+(result at `processed/KEY.result.json`); nothing uploaded is deleted. A failed training
+job leaves the profile where it was, to be retried. Exit 0 when the new model serves or
+awaits approval (or nothing waits), 1 when the profile, the gate or the rollout said no,
 2 when the profile cannot be read.
 """
 
@@ -40,6 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from dagm_deploy import dataset_prep
 from dagm_deploy import quality_gate
+from dagm_deploy import registry
 from dagm_deploy import s3_objects
 from dagm_deploy import training_job
 from dagm_defects.data.profile import ProfileReport, validate_profile
@@ -124,8 +128,9 @@ class Flow:
             return 1
         self.say(f"valid: {len(report.rows)} rows")
         serving = self.serving()
+        image = self.serve_image(serving)  # before training: without one the model could not be served
         tag = time.strftime("%Y%m%d-%H%M%S")
-        prepared = dataset_prep.prepare(self.s3, self.current_data(), report.rows, self.bucket,
+        prepared = dataset_prep.prepare(self.s3, self.current_data(serving), report.rows, self.bucket,
                                         Path(self.key).stem + "-" + tag, f"{self.datasets()}{Path(self.key).stem}-{tag}/")
         self.result["dataset"] = prepared.__dict__
         self.say(f"training data {prepared.uri}: {prepared.copied} objects kept, {prepared.added} rows added")
@@ -139,7 +144,7 @@ class Flow:
         self.say(f"training job {job} started")
         try:
             model_data = training_job.wait(self.sagemaker, job, self.args.poll_seconds)
-            evaluation = training_job.evaluation(self.s3, job, model_data)
+            evaluation, written = training_job.evaluation(self.s3, job, model_data)
         except training_job.JobFailed as failed:
             self.result.update(outcome="training_failed", reason=str(failed))
             self.notify(f"DAGM retraining: {failed}"[:100])
@@ -149,16 +154,31 @@ class Flow:
         self.result.update(gate={"passed": verdict.passed, "reasons": verdict.reasons, "margin": self.args.margin,
                                  "mlflow_runs": verdict.runs}, comparison=verdict.comparison)
         print(verdict.table(), flush=True)
+        if self.args.model_package_group:
+            evidence = registry.Evidence(job, model_data, evaluation,
+                                         training_job.publish_evaluation(self.s3, model_data, written), prepared.uri,
+                                         self.profile, self.args.commit or None)
+            arn = registry.register(self.sagemaker, self.args.model_package_group, image, evidence,
+                                    self.args.inference_instance_types.split(","), verdict.reasons)
+            self.result["model_package"] = arn
+            self.say(f"registered {arn} as {registry.PENDING if verdict.passed else registry.REJECTED}")
         if not verdict.passed:
             self.finish("gate_failed", f"DAGM retraining: candidate from {self.key} failed the quality gate, "
                                        f"not deployed", "processed")
             return 1
-        return self.roll_out(serving, model_data, report, read, tag, prepared.uri)
+        if self.args.model_package_group:
+            self.finish("registered", f"DAGM retraining: model from {self.key} awaits approval in "
+                                      f"{self.args.model_package_group}", "processed")
+            return 0
+        return self.roll_out(image, model_data, report, read, tag, prepared.uri)
 
-    def roll_out(self, serving: dict | None, model_data: str, report: ProfileReport, read, tag: str, data: str) -> int:
+    def serve_image(self, serving: dict | None) -> str:
         image = self.args.serve_image or (serving or {}).get("image")
         if not image:
             raise Refused("no serving model to take the serving image from: give --serve-image")
+        return image
+
+    def roll_out(self, image: str, model_data: str, report: ProfileReport, read, tag: str, data: str) -> int:
         # The pre-traffic check uses the team's own new images.
         samples = [read(row.image_key) for row in report.rows[:2]]
         options = Options(self.args.endpoint, image, model_data, self.args.hosting_role or self.args.role,
@@ -184,7 +204,7 @@ class Flow:
         except Refused:
             return None
         chosen = max(variants, key=lambda v: v["weight"] or 0)
-        self.result["serving"] = {k: chosen[k] for k in ("variant", "model", "image", "model_data")}
+        self.result["serving"] = {k: chosen.get(k) for k in ("variant", "model", "image", "model_data", "model_package")}
         return chosen
 
     def datasets(self) -> str:
@@ -193,8 +213,12 @@ class Flow:
     def output(self) -> str:
         return self.args.output or f"s3://{self.bucket}/models"
 
-    def current_data(self) -> str:
-        """The data the serving model was retrained on, so profiles accumulate; else --data."""
+    def current_data(self, serving: dict | None) -> str:
+        """The data the serving model was trained on, so profiles accumulate: its registered
+        dataset, else the last rollout's record, else --data."""
+        registered = ((serving or {}).get("metadata") or {}).get("dataset")
+        if registered:
+            return registered
         bucket, prefix = s3_objects.split(self.datasets())
         pointer = s3_objects.reader(self.s3, bucket)(prefix + CURRENT)
         return json.loads(pointer)["data"] if pointer else self.args.data
@@ -229,6 +253,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                      help="training image URI; an ECR repository URI alone means its newest image")
     run.add_argument("--serve-image", help="default: the image the endpoint serves with now")
     run.add_argument("--topic", help="SNS topic ARN for the outcome")
+    run.add_argument("--model-package-group",
+                     help="register the candidate here for approval instead of rolling it out at once")
+    run.add_argument("--inference-instance-types", default="ml.m5.large,ml.m5.xlarge,ml.g5.xlarge",
+                     help="instance types the registered model may be hosted on, comma-separated")
+    run.add_argument("--commit", default=os.environ.get("CODEBUILD_RESOLVED_SOURCE_VERSION", ""),
+                     help="the source commit, recorded with the registered model (default: CodeBuild's)")
     run.add_argument("--margin", type=float, default=0.02, help="AP a class may lose against the serving model (negative: AP it must gain)")
     run.add_argument("--min-ap", type=float, default=0.9, help="overall test AP without a serving model")
     run.add_argument("--warm-start", action="store_true", help="start from the serving model's weights")

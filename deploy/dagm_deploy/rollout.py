@@ -23,7 +23,7 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dagm_deploy import aws, guardrails, signals
+from dagm_deploy import aws, guardrails, registry, signals
 from dagm_deploy.alarms import Alarms
 from dagm_deploy.endpoint import VARIANT_FIELDS, Endpoint
 from dagm_deploy.errors import Interrupted, Refused, cause, exit_code
@@ -50,7 +50,7 @@ class Rollout:
         with signals.interruptible():
             lock = Lock(self.o.lock_table, self.o.endpoint, self.o.lease_seconds, self.say)
             try:
-                lock.acquire()
+                lock.acquire(self.o.lock_wait)
             except Interrupted as stop:  # the put may have gone through: undo it
                 with signals.shielded("releasing the deploy lock"):
                     lock.release()
@@ -64,6 +64,11 @@ class Rollout:
                     lock.release()
 
     def _run(self, lock: Lock) -> None:
+        if self.o.package:  # approvals may have changed while the lock was waited for
+            latest = registry.for_rollout(self.sm, self.o)
+            if latest.package != self.o.package:
+                self.say(f"the registry changed meanwhile: deploying {latest.package} instead")
+            self.o = latest
         self.ensure_model()
         described = self.endpoint.describe()
         if described is None:
@@ -84,17 +89,20 @@ class Rollout:
 
     def ensure_model(self) -> None:
         o = self.o
+        # A registered model's container is the package; its image and data come from it.
+        source = {"ModelPackageName": o.package} if o.package else {"Image": o.image, "ModelDataUrl": o.model_data}
         try:
             existing = self.sm.describe_model(ModelName=o.model)
         except ClientError:
             environment = {"DAGM_ENDPOINT_NAME": o.endpoint, "DAGM_VARIANT_NAME": o.variant, **o.model_env}
-            self.sm.create_model(ModelName=o.model, ExecutionRoleArn=o.role, PrimaryContainer={
-                "Image": o.image, "ModelDataUrl": o.model_data, "Environment": environment})
-            self.say(f"created model {o.model}")
+            self.sm.create_model(ModelName=o.model, ExecutionRoleArn=o.role,
+                                 PrimaryContainer={**source, "Environment": environment})
+            self.say(f"created model {o.model}" + (f" from {o.package}" if o.package else ""))
             return
         container = existing.get("PrimaryContainer", {})
-        if (container.get("Image"), container.get("ModelDataUrl")) != (o.image, o.model_data):
-            raise Refused(f"model {o.model} exists with another image or model data; deploy with a new --version")
+        if {key: container.get(key) for key in source} != source:
+            raise Refused(f"model {o.model} exists with another image, model data or package; "
+                          f"deploy with a new --version")
 
     def create(self) -> None:
         config = self.endpoint.create_config(self.o.model, [self.new_variant(1.0)])

@@ -1,11 +1,12 @@
-"""What an endpoint runs now (variants, weights, models, alarms, the deploy lock), and
+"""What an endpoint runs now (variants, weights, models and the registered model packages
+they come from, alarms, the deploy lock), and
 deleting it with everything this tool made for it."""
 
 from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from dagm_deploy import aws, lock
+from dagm_deploy import aws, lock, registry
 from dagm_deploy.alarms import Alarms
 from dagm_deploy.endpoint import Endpoint
 from dagm_deploy.errors import Refused
@@ -22,14 +23,27 @@ def status(endpoint: Endpoint, lock_table: str | None = None) -> dict:
         model = endpoint.sm.describe_model(ModelName=given["ModelName"]).get("PrimaryContainer", {})
         variants.append({"variant": given["VariantName"], "weight": live.get("CurrentWeight"),
                          "instances": live.get("CurrentInstanceCount"), "model": given["ModelName"],
-                         "image": model.get("Image"), "model_data": model.get("ModelDataUrl"),
-                         "alarms": alarms.states(alarms.names(given["VariantName"]))})
+                         **source(endpoint.sm, model), "alarms": alarms.states(alarms.names(given["VariantName"]))})
     report = {"endpoint": endpoint.name, "status": described["EndpointStatus"],
               "config": described["EndpointConfigName"], "failure_reason": described.get("FailureReason"),
               "variants": variants}
     if lock_table:
         report["lock"] = held_lock(lock_table, endpoint.name)
     return report
+
+
+def source(sagemaker, container: dict) -> dict:
+    """Where a model's container comes from: its image and model data, and for a registered
+    model the package (ARN, version, approval status, metadata) they come from."""
+    arn = container.get("ModelPackageName")
+    if not arn:
+        return {"image": container.get("Image"), "model_data": container.get("ModelDataUrl")}
+    try:
+        package = registry.describe(sagemaker, arn)
+    except Refused as gone:  # deleted from the registry while it serves
+        return {"image": None, "model_data": None, "model_package": arn, "model_package_error": str(gone)}
+    return {"image": package.image, "model_data": package.model_data, "model_package": package.arn,
+            "model_package_version": package.version, "approval": package.status, "metadata": package.metadata}
 
 
 def held_lock(table: str, endpoint: str) -> dict | str | None:

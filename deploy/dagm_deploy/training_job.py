@@ -55,16 +55,32 @@ def wait(sagemaker, name: str, poll_seconds: float) -> str:
     return job["ModelArtifacts"]["S3ModelArtifacts"]
 
 
-def evaluation(s3, name: str, model_data: str) -> dict:
-    bucket, key = split(model_data.rsplit("/", 1)[0] + "/output.tar.gz")
+def evaluation(s3, name: str, model_data: str) -> tuple[dict, bytes]:
+    """The job's evaluation.json, with "mlflow": its run record (None when the job ran with
+    tracking=false); and the file's bytes as the job wrote them."""
+    bucket, key = split(output_uri(model_data))
     try:
         archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            result = json.load(tar.extractfile("evaluation.json"))
-            # The job's MLflow run (absent when the job ran with tracking=false).
+            written = tar.extractfile("evaluation.json").read()
+            result = json.loads(written)
             names = tar.getnames()
             result["mlflow"] = json.load(tar.extractfile(RUN_RECORD)) if RUN_RECORD in names else None
         float(result["overall"]["ap"])
-        return result
     except (ClientError, tarfile.TarError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise JobFailed(f"training job {name}: no readable evaluation.json in s3://{bucket}/{key} ({exc})") from None
+    return result, written
+
+
+def output_uri(model_data: str) -> str:
+    """output.tar.gz, which SageMaker writes beside model.tar.gz."""
+    return model_data.rsplit("/", 1)[0] + "/output.tar.gz"
+
+
+def publish_evaluation(s3, model_data: str, written: bytes) -> str:
+    """The job's evaluation.json as its own object beside output.tar.gz (the registry's
+    ModelMetrics point at it); its URI."""
+    uri = model_data.rsplit("/", 1)[0] + "/evaluation.json"
+    bucket, key = split(uri)
+    s3.put_object(Bucket=bucket, Key=key, Body=written, ContentType="application/json")
+    return uri

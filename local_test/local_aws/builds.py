@@ -8,8 +8,9 @@ project's buildspec (a path in this repository, as from a CODECOMMIT source, or 
 YAML) runs phase after phase with bash in the repository, with the project's
 environment variables and the local AWS as AWS_ENDPOINT_URL. The install phase is
 skipped: the .venv built from the dependency lock already holds what a build needs.
-BatchGetBuilds shows the build IN_PROGRESS, then SUCCEEDED or FAILED; its log is
-`build-ID.log` in the work directory.
+BatchGetBuilds shows the build IN_PROGRESS, then SUCCEEDED or FAILED (moto's own answer
+marks every build SUCCEEDED the moment it is asked); its log is `build-ID.log` in the
+work directory.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 from pathlib import Path
 
 import yaml
-from moto.codebuild.models import codebuild_backends
+from moto.codebuild.models import CodeBuildBackend, codebuild_backends
 from moto.events import models as events_models
 from moto.events.utils import EventTemplateParser
 from moto.utilities.arns import parse_arn
@@ -28,6 +29,8 @@ from moto.utilities.arns import parse_arn
 from local_aws.hosting import REPO
 
 PHASES = ("pre_build", "build", "post_build")
+# The state of each build this module runs, by build id, as BatchGetBuilds must show it.
+_STATES: dict[str, dict] = {}
 
 
 def _script(buildspec: dict, phase: str) -> str | None:
@@ -61,7 +64,8 @@ def _run(build: dict, buildspec: dict, env: dict[str, str], log_path: Path) -> N
             if code:
                 log.write(f"[local CodeBuild] phase {phase} failed with exit code {code}\n")
                 status = "FAILED"
-    build.update(buildStatus=status, currentPhase="COMPLETED", buildComplete=True)
+    _STATES[build["id"]] = {"buildStatus": status, "currentPhase": "COMPLETED", "buildComplete": True}
+    build.update(_STATES[build["id"]])
 
 
 def start_build(account: str, region: str, target: dict, event: dict, aws_env: dict[str, str], work: Path) -> None:
@@ -75,6 +79,7 @@ def start_build(account: str, region: str, target: dict, event: dict, aws_env: d
     build["environment"]["environmentVariables"] = given.get("environmentVariablesOverride", [])
     env = _environment(project, build["environment"]["environmentVariables"], aws_env, build["id"])
     log_path = work / f"build-{build['id'].replace(':', '-')}.log"
+    _STATES[build["id"]] = {"buildStatus": "IN_PROGRESS", "currentPhase": "BUILD", "buildComplete": False}
     threading.Thread(target=_run, args=(build, _buildspec(project["source"]), env, log_path),
                      name=f"build-{name}", daemon=True).start()
 
@@ -99,3 +104,13 @@ def install(aws_env: dict[str, str], work: Path) -> None:
                     self.targets = kept
 
     events_models.Rule.send_to_targets = send_to_targets
+
+    original_batch_get_builds = CodeBuildBackend.batch_get_builds
+
+    def batch_get_builds(self, ids):
+        builds = original_batch_get_builds(self, ids)
+        for build in builds:
+            build.update(_STATES.get(build["id"], {}))
+        return builds
+
+    CodeBuildBackend.batch_get_builds = batch_get_builds

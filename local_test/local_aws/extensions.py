@@ -20,6 +20,9 @@
 - Training jobs really run (training.py).
 - Variant weights: moto drops an `InitialVariantWeight` of 0 (a canary's starting point)
   and has no default; here 0 stays 0 and an absent weight is 1.0.
+- The model registry (registry.py): default approval status, version numbers never
+  reused, UpdateModelPackage that keeps what it is not given, state-change events to
+  EventBridge, DeleteModelPackage(Group), and endpoints of models made from a package.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from moto.sagemaker import responses as sagemaker_responses
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemakerruntime import responses as runtime_responses
 
-from local_aws import faults, guardrails, training
+from local_aws import faults, guardrails, registry, training
 from local_aws.hosting import Hosting
 
 # CreateTrainingJob's Environment, from the request handler to the backend that starts the job.
@@ -59,8 +62,7 @@ def _weights(config: dict) -> dict[str, float]:
 
 
 def _model_data(backend, model_name: str) -> bytes:
-    model = backend.describe_model(model_name)
-    url = (model.primary_container or {}).get("ModelDataUrl", "")
+    url = registry.container(backend, model_name).get("ModelDataUrl", "")
     if not url.startswith("s3://"):
         raise ValueError(f"model {model_name} has no s3:// ModelDataUrl ({url!r})")
     bucket, _, key = url[len("s3://"):].partition("/")
@@ -69,7 +71,7 @@ def _model_data(backend, model_name: str) -> bytes:
 
 
 def _model_environment(backend, model_name: str) -> dict[str, str]:
-    return dict((backend.describe_model(model_name).primary_container or {}).get("Environment") or {})
+    return dict(registry.container(backend, model_name).get("Environment") or {})
 
 
 def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, on_failure,
@@ -97,6 +99,7 @@ def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, o
 
 def install(hosting: Hosting) -> None:
     faults.install()
+    registry.install()
     SageMakerBackend = sagemaker_models.SageMakerModelBackend
     original_create = SageMakerBackend.create_endpoint
     original_delete = SageMakerBackend.delete_endpoint
