@@ -253,9 +253,10 @@ def local_aws(tmp_path_factory):
     """`python -m local_aws` (what `make local-aws` runs) on a free port, for the session."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("local_aws") / "local_aws.log"
+    work = tmp_path_factory.mktemp("local_aws_work")
     log = open(log_path, "w")
     env = {**job_env(), "PYTHONPATH": str(REPO / "local_test")}
-    process = subprocess.Popen([sys.executable, "-m", "local_aws", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "local_aws", "--port", str(port), "--work", str(work)],
                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
     while "ready at" not in log_path.read_text():
@@ -263,6 +264,7 @@ def local_aws(tmp_path_factory):
         time.sleep(0.1)
     url = f"http://127.0.0.1:{port}"
     _LOCAL_AWS.append(url)
+    _WORK[url] = work
     yield url
     _LOCAL_AWS.remove(url)
     process.terminate()
@@ -271,6 +273,12 @@ def local_aws(tmp_path_factory):
 
 
 _LOCAL_AWS: list[str] = []  # the session's local AWS, once a test has started it
+_WORK: dict[str, Path] = {}  # its work directory (endpoints, jobs, build logs), by URL
+
+
+def build_log(url: str, build_id: str) -> str:
+    """What a CodeBuild build the local AWS at `url` ran printed (local_aws/builds.py)."""
+    return (_WORK[url] / f"build-{build_id.replace(':', '-')}.log").read_text()
 
 
 def _endpoints(url: str) -> set[str]:

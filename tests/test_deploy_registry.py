@@ -3,17 +3,20 @@ Approved package is deployed and a refusal changes nothing; the group's newest A
 version serves, through the canary under client load, and `status` names it; a duplicate
 or stale approval changes nothing and rejecting the serving version returns the endpoint
 to the previous Approved one; throttled registry calls are ridden out, or end with the
-endpoint on its old model. (The approval event starting the deploy: test_retrain.py.)"""
+endpoint on its old model; a deploy that waits for another's lock deploys what is newest
+once it holds it. (The approval events starting the deploys: test_retrain.py.)"""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import aws_client, model_tarball, upload
+from conftest import aws_client, aws_env, model_tarball, upload
 from test_deploy import DEPLOY, FAST, ROLE, Load, run, variants_of
 
 pytestmark = pytest.mark.slow
@@ -132,3 +135,26 @@ def test_throttled_registry_calls_are_ridden_out_or_leave_the_old_model(local_aw
     held = aws_client(local_aws, "dynamodb").get_item(TableName="dagm-deploy-locks",
                                                        Key={"Endpoint": {"S": "reg-throttled"}}).get("Item")
     assert held is None
+
+
+def test_a_deploy_waits_for_the_lock_then_reads_the_registry_again(local_aws, model_data):
+    first = register(local_aws, "reg-queued", model_data, "Approved")
+    dynamodb = aws_client(local_aws, "dynamodb")
+    assert deploy(local_aws, "reg-queued", "--model-package", first).returncode == 0  # makes the lock table too
+    holder = {"Endpoint": {"S": "reg-queued"}, "Owner": {"S": "elsewhere/1/abc"},
+              "Since": {"N": f"{time.time():.3f}"}, "Expires": {"N": f"{time.time() + 120:.3f}"}}
+    dynamodb.put_item(TableName="dagm-deploy-locks", Item=holder)
+    refused = deploy(local_aws, "reg-queued", "--model-package-group", "reg-queued")
+    assert refused.returncode == 1 and "elsewhere/1/abc" in refused.stderr, refused.stderr
+
+    waiting = subprocess.Popen([*DEPLOY, "deploy", "--endpoint", "reg-queued", "--role", ROLE, "--steps", "100",
+                                "--model-package-group", "reg-queued", "--lock-wait", "60", *FAST],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=aws_env(local_aws))
+    time.sleep(3)
+    second = register(local_aws, "reg-queued", model_data, "Approved")  # approved while it waits
+    dynamodb.delete_item(TableName="dagm-deploy-locks", Key={"Endpoint": {"S": "reg-queued"}})
+    output, _ = waiting.communicate(timeout=240)
+    assert waiting.returncode == 0, output
+    assert "waiting for the deploy lock held by elsewhere/1/abc" in output
+    assert f"the registry changed meanwhile: deploying {second}" in output
+    assert serving(local_aws, "reg-queued")[0]["model_package"] == second

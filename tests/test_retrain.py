@@ -15,13 +15,14 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from dagm_defects.data.labels import parse_labels
 from dagm_defects.data.synthetic import generate_dataset
 
-from conftest import REPO, TINY_HPS, aws_client, model_tarball, upload
+from conftest import REPO, TINY_HPS, aws_client, build_log, model_tarball, upload
 from test_deploy import DEPLOY, ROLE, Load, deploy_command, run, variants_of
 
 pytestmark = pytest.mark.slow
@@ -221,23 +222,59 @@ def test_uploading_a_profile_runs_the_flow_through_eventbridge_and_codebuild(wor
     before = variants_of(world.url, ENDPOINT)
     assert len(before) == 1 and outcome["serving"]["variant"] in before
 
-    # Approving starts the Deploy build: the canary rolls the approved version out under load.
+    # Each approval or rejection starts a Deploy build (the template's rule): approving rolls
+    # the version out through the canary, a newer approved version follows, rejecting it
+    # returns to the first, and approving the first again (a stale event) changes nothing.
+    first = outcome["model_package"]
     with Load(world.url, ENDPOINT) as load:
-        approved = run(world.url, sys.executable, "-m", "dagm_deploy.registry_cli", "approve",
-                       "--model-package", outcome["model_package"], "--note", "looked at the report")
-        assert approved.returncode == 0, approved.stdout + approved.stderr
-        deadline = time.monotonic() + 60
-        while not (ids := codebuild.list_builds_for_project(projectName=stack["deploy_project"])["ids"]):
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        deploy_build = _finished(codebuild, ids[0], 240)
-    assert deploy_build["buildStatus"] == "SUCCEEDED", deploy_build
-    assert {"name": "APPROVAL_STATUS", "value": "Approved", "type": "PLAINTEXT"} in \
-        deploy_build["environment"]["environmentVariables"]
+        approve = _deploy_build(world, stack, lambda: _decide(world, "approve", first))
+        assert _serving_package(world) == first and variants_of(world.url, ENDPOINT).keys().isdisjoint(before)
+        registered = []
+        newer = _deploy_build(world, stack, lambda: registered.append(sagemaker.create_model_package(
+            ModelPackageGroupName=stack["model_package_group"], ModelApprovalStatus="Approved",
+            InferenceSpecification=package["InferenceSpecification"])["ModelPackageArn"]))
+        [second] = registered
+        assert _serving_package(world) == second
+        reject = _deploy_build(world, stack, lambda: _decide(world, "reject", second))
+        assert _serving_package(world) == first
+        stale = _deploy_build(world, stack, lambda: _decide(world, "approve", first))
+        assert _serving_package(world) == first
     assert not load.failures, load.failures[:5]
+    assert {"name": "APPROVAL_STATUS", "value": "Approved", "type": "PLAINTEXT"} in \
+        approve["environment"]["environmentVariables"]
+    assert {"name": "APPROVAL_STATUS", "value": "Rejected", "type": "PLAINTEXT"} in \
+        reject["environment"]["environmentVariables"]
+    assert "at 50%" in newer["log"] and "at 50%" in reject["log"]  # both through the canary
+    assert "already serves all traffic" in stale["log"] and "at 50%" not in stale["log"]
+
+
+def _decide(world: World, decision: str, package: str) -> None:
+    decided = run(world.url, sys.executable, "-m", "dagm_deploy.registry_cli", decision, "--model-package",
+                  package, "--note", f"{decision} in the test")
+    assert decided.returncode == 0, decided.stdout + decided.stderr
+
+
+def _deploy_build(world: World, stack: dict, change: Callable[[], None]) -> dict:
+    """The Deploy build that `change` to the registry starts (by its event), finished and
+    SUCCEEDED, with its "log"."""
+    codebuild = aws_client(world.url, "codebuild")
+    started = len(codebuild.list_builds_for_project(projectName=stack["deploy_project"])["ids"])
+    change()
+    deadline = time.monotonic() + 60
+    while len(ids := codebuild.list_builds_for_project(projectName=stack["deploy_project"])["ids"]) == started:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    [build_id] = ids[started:]  # one event, one build (moto lists builds in the order they started)
+    build = _finished(codebuild, build_id, 240)
+    log = build_log(world.url, build_id)
+    assert build["buildStatus"] == "SUCCEEDED", log
+    return {**build, "log": log}
+
+
+def _serving_package(world: World) -> str:
     [variant] = json.loads(run(world.url, *DEPLOY, "status", "--endpoint", ENDPOINT).stdout)["variants"]
-    assert variant["model_package"] == outcome["model_package"] and variant["approval"] == "Approved"
-    assert variants_of(world.url, ENDPOINT) == {variant["variant"]: 1.0} and variant["variant"] not in before
+    assert variant["approval"] == "Approved" and variants_of(world.url, ENDPOINT) == {variant["variant"]: 1.0}
+    return variant["model_package"]
 
 
 def _finished(codebuild, build_id: str, timeout: float = 30) -> dict:

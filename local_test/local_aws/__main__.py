@@ -1,6 +1,6 @@
 """`make local-aws`: run the local AWS in the foreground until interrupted.
 
-    PYTHONPATH=local_test python -m local_aws [--port 4566]
+    PYTHONPATH=local_test python -m local_aws [--port 4566] [--work DIR]
 
 Prints `local AWS ready at http://127.0.0.1:PORT` once it answers. Clients use
 AWS_ENDPOINT_URL=http://127.0.0.1:PORT with any credentials (e.g. testing/testing).
@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 from moto.server import ThreadedMotoServer
 
@@ -25,10 +26,14 @@ from local_aws.hosting import Hosting
 def main() -> int:
     parser = argparse.ArgumentParser(description="local AWS: moto plus real SageMaker endpoints")
     parser.add_argument("--port", type=int, default=4566)
+    parser.add_argument("--work", type=Path, help="where endpoints, training jobs and build logs live "
+                                                   "(default: a new temporary directory)")
     args = parser.parse_args()
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    hosting = Hosting()
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+    hosting = Hosting(args.work)
     install(hosting)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     try:
