@@ -20,6 +20,11 @@ drifts within a minute:
                      single-image path in-process (a forward pass of one image), taking
                      turns 25 requests at a time;
                      `added_p50_ms` is served p50 - in-process p50 (target: <= 1 ms)
+  by verdict         clean vs defective answers (the defect path: the mask scaled to the
+                     image, its area and box): --verdict-images' labelled good and
+                     defective images at the model's threshold, else the bench's PNGs made
+                     clean or defective by the request's threshold; single PNG p50/p99 and
+                     images/s of 4 x --clients clients, alternated
   allocator          the in-process 16-image npy path with glibc's malloc defaults, then
                      with allocator.keep_freed_memory() as the workers run (every
                      in-process figure above and below is taken with it, like the workers')
@@ -32,7 +37,7 @@ drifts within a minute:
                      without, as a throughput ratio, and observe's own cost per batch
 Every server started is stopped, on error and on SIGTERM too. Prints JSON.
 Usage: python bench/serving.py [--seconds 8] [--rounds 4] [--clients 4] [--latency-requests 200] [--starts 3]
-       [--model-dir DIR]
+       [--model-dir DIR [--verdict-images DAGM_CLASS_DIR]]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import base64
 import contextlib
 import http.client
 import io
+import itertools
 import json
 import os
 import shutil
@@ -58,8 +64,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from threadpoolctl import ThreadpoolController
 
 from dagm_defects.artifact import save_artifact
+from dagm_defects.data.reader import read_index
 from dagm_defects.data.synthetic import generate_dataset
 from dagm_defects.imaging import image_statistics, resize_square, summarize_statistics
 from dagm_defects.model import build_model
@@ -68,6 +76,7 @@ from dagm_serve import environment, wire
 from dagm_serve.allocator import keep_freed_memory
 from dagm_serve.codec import JSON, NPY, PNG, decode_request, encode_response
 from dagm_serve.input_watch import InputWatch
+from dagm_serve.options import HEADER as ATTRIBUTES
 from dagm_serve.prediction import Prediction
 from dagm_serve.predictor import Predictor
 from dagm_serve.service import Service, select_device
@@ -87,8 +96,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def post(connection: http.client.HTTPConnection, body: bytes, content_type: str) -> bytes:
-    connection.request("POST", "/invocations", body=body, headers={"Content-Type": content_type})
+def post(connection: http.client.HTTPConnection, body: bytes, content_type: str, headers: dict | None = None) -> bytes:
+    connection.request("POST", "/invocations", body=body, headers={"Content-Type": content_type, **(headers or {})})
     response = connection.getresponse()
     data = response.read()
     if response.status != 200:
@@ -160,7 +169,7 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def served_count(port: int, bodies: list[bytes], content_type: str, images: int, clients: int,
-                 seconds: float) -> tuple[int, float]:
+                 seconds: float, headers: dict | None = None) -> tuple[int, float]:
     """Images answered to `clients` connections in about `seconds`, and the seconds taken,
     client i posting bodies[i % len(bodies)]. The clock starts once every client has had
     its first answer (not counted), as `counted` leaves out its first step: otherwise the
@@ -175,10 +184,10 @@ def served_count(port: int, bodies: list[bytes], content_type: str, images: int,
         body = bodies[i % len(bodies)]
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
-            post(connection, body, content_type)
+            post(connection, body, content_type, headers)
             ready.wait()
             while time.perf_counter() < clock[0] + seconds:
-                post(connection, body, content_type)
+                post(connection, body, content_type, headers)
                 counts[i] += images
         except threading.BrokenBarrierError:
             pass  # another client failed before the clock started: its error is reported
@@ -204,10 +213,12 @@ def served_count(port: int, bodies: list[bytes], content_type: str, images: int,
 class InProcess:
     """What the server does for a batch of requests, minus HTTP, MMS and the wire: the
     front's decode and resize (front.Front._decode), the worker's forward pass, the
-    front's answer (front._answer) with no custom attributes and Accept JSON."""
+    front's answer (front._answer) with no custom attributes and Accept JSON, with one
+    BLAS thread as the front has (lifecycle.serve)."""
 
     def __init__(self, model_dir: Path, settings: environment.ServingSettings):
         self.limits = settings.limits()
+        self.blas = ThreadpoolController()
         self.predictor = Predictor.load(model_dir, select_device(settings, None))
         self.predictor.warm_up(settings.server_batch_size)
 
@@ -221,12 +232,13 @@ class InProcess:
         batch = np.concatenate([resized for _, resized in decoded]) if len(decoded) > 1 else decoded[0][1]
         scores, maps = self.predictor.forward(batch)
         answers, start = [], 0
-        for images, _ in decoded:
-            end = start + len(images)
-            predictions = [Prediction.from_outputs(score, prob_map, image.shape, self.predictor.threshold)
-                           for image, score, prob_map in zip(images, scores[start:end], maps[start:end])]
-            answers.append(encode_response(predictions, JSON, False))
-            start = end
+        with self.blas.limit(limits=1, user_api="blas"):
+            for images, _ in decoded:
+                end = start + len(images)
+                predictions = [Prediction.from_outputs(score, prob_map, image.shape, self.predictor.threshold)
+                               for image, score, prob_map in zip(images, scores[start:end], maps[start:end])]
+                answers.append(encode_response(predictions, JSON, False))
+                start = end
         return answers
 
 
@@ -349,6 +361,52 @@ def throughput_case(port: int, server_pid: int, local: InProcess, bodies: list[b
     return sides, {part: round(value, 2) for part, value in used.items()}
 
 
+def verdict_cases(pngs: list[bytes], images: Path | None) -> tuple[dict, str]:
+    """{"clean"|"defective": (PNGs, headers)} and where they come from: a DAGM class
+    directory's labelled good and defective images, answered at the model's own threshold
+    (a model trained on them gives the real verdicts and maps); else the bench's PNGs,
+    made clean or defective by the request's threshold (custom attribute 1 or 0), so the
+    defect path runs on whatever map the model gives (an untrained model's: above 0.5
+    over much of the image, the costliest case)."""
+    if images is None:
+        return {"clean": (pngs, {ATTRIBUTES: "threshold=1"}), "defective": (pngs, {ATTRIBUTES: "threshold=0"})}, \
+            "the bench's PNGs, verdict forced by the request's threshold"
+    samples = read_index(images, None, splits=("Train", "Test"))
+    pick = {verdict: [s.image_path.read_bytes() for s in samples if s.defective == (verdict == "defective")][:32]
+            for verdict in ("clean", "defective")}
+    return {verdict: (bodies, {}) for verdict, bodies in pick.items()}, f"labelled images of {images}"
+
+
+def by_verdict(port: int, cases: dict, clients: int, seconds: float, rounds: int, n: int) -> dict:
+    """Clean and defective answers side by side (`verdict_cases`): sequential single-PNG
+    latency p50/p99 and images/s of 4 x `clients` concurrent clients, each alternated, and
+    the verdicts the server gave; issue 30's targets: defective p50 <= clean p50 + 1 ms,
+    both <= 15 ms, throughput ratio >= 0.95."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    given: dict[str, list[bool]] = {name: [] for name in cases}
+
+    def call(name: str, bodies, headers: dict) -> None:
+        given[name].append(json.loads(post(connection, next(bodies), PNG, headers))["predictions"][0]["defective"])
+
+    cycles = {name: itertools.cycle(bodies) for name, (bodies, _) in cases.items()}
+    calls = [lambda name=name, h=headers: call(name, cycles[name], h) for name, (_, headers) in cases.items()]
+    latencies = dict(zip(cases, alternated_latencies_ms(calls, n)))
+    connection.close()
+    rates = alternated({name: lambda window, b=bodies, h=headers: served_count(port, b, PNG, 1, 4 * clients, window, h)
+                        for name, (bodies, headers) in cases.items()}, seconds, rounds)
+    added = statistics.median(latencies["defective"]) - statistics.median(latencies["clean"])
+    ratio = rates["defective"]["images_per_s"] / rates["clean"]["images_per_s"]
+    return {"latency_ms": {name: summary(values) for name, values in latencies.items()},
+            "answered_defective_fraction": {name: round(sum(v) / len(v), 3) for name, v in given.items()},
+            "defective_added_p50_ms": round(added, 2),
+            "images_per_s": {name: round(r["images_per_s"], 1) for name, r in rates.items()},
+            "defective_over_clean_images_per_s": round(ratio, 3),
+            "defective_over_clean_lowest_highest_round": rates["defective"]["round_ratios"],
+            "targets_met": {"defective_added_p50_ms_le_1": added <= 1.0,
+                            "p50s_le_15_ms": max(statistics.median(v) for v in latencies.values()) <= 15.0,
+                            "defective_over_clean_ge_0.95": ratio >= 0.95}}
+
+
 def allocator_effect(local: InProcess, npy_body: bytes, seconds: float) -> dict:
     """In-process images/s for one 16-image npy body under glibc's defaults, then with
     freed memory kept as in the workers; the process keeps the latter from here on."""
@@ -387,6 +445,9 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--starts", type=int, default=3, help="cold starts, the median reported")
     parser.add_argument("--model-dir", type=Path, help="an artefact; default: an untrained default model")
+    parser.add_argument("--verdict-images", type=Path,
+                        help="a DAGM class directory (e.g. ../shared/data/dagm-real/Class8) whose labelled good and "
+                             "defective images the clean/defective case posts, with a --model-dir trained on them")
     args = parser.parse_args()
     # A TERM ends the run through the finally clauses, which stop the server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -436,6 +497,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         in_process_single, served_single = alternated_latencies_ms(
             [lambda: local.answer([(pngs[0], PNG)]), lambda: post(connection, pngs[0], PNG)], args.latency_requests)
         connection.close()
+        cases, source = verdict_cases(pngs, args.verdict_images)
+        verdict = {"images": source, **by_verdict(port, cases, args.clients, args.seconds, args.rounds,
+                                                  args.latency_requests)}
     resized = np.stack([local.decode(b, PNG)[1][0] for b in pngs])
     watch = drift_watch(local.predictor, resized, args.seconds, args.rounds)
 
@@ -460,6 +524,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "served": summary(served_single),
             "added_p50_ms": added_p50,
         },
+        "by_verdict_single_png": verdict,
         "max_score_difference_npy_16": score_difference,
         "drift_watch": watch,
         "targets_met": {

@@ -32,6 +32,23 @@ def test_reader_takes_the_genuine_release_as_it_is():
 
 
 @needs_genuine
+def test_defect_masks_of_genuine_defects_equal_the_whole_image_scaling():
+    """The served mask on genuine defect shapes: each of the 150 genuine label masks at the
+    model's map resolution (64 x 64) taken as the probability map, 0.95 on the defect."""
+    from dagm_serve.prediction import Prediction
+    from test_serving_settings import whole_image_mask
+
+    defective = [s for s in read_index(GENUINE, None, splits=("Train",)) if s.defective]
+    masks = load_arrays(defective, 64, str(GENUINE), "decode", workers=1).masks
+    assert len(masks) == 150
+    for label in masks:
+        probability_map = label.astype(np.float32) * 0.95
+        prediction = Prediction.from_outputs(0.9, probability_map, (512, 512), threshold=0.5)
+        expected = whole_image_mask(probability_map, (512, 512))
+        assert expected.any() and np.array_equal(prediction.mask, expected)
+
+
+@needs_genuine
 def test_genuine_masks_decode_to_their_defects():
     defective = [s for s in read_index(GENUINE, None, splits=("Train",)) if s.defective][:8]
     arrays = load_arrays(defective, 512, str(GENUINE), "decode", workers=1)

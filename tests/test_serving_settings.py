@@ -16,7 +16,7 @@ from dagm_serve.batch_files import SPARE_BYTES, SPARE_PREFIX, BatchFiles
 from dagm_defects.archive import unpack
 from dagm_serve.codec import RequestError
 from dagm_serve.options import RequestOptions, parse_options
-from dagm_serve.prediction import Prediction
+from dagm_serve.prediction import Prediction, _bilinear
 
 
 def test_defaults_follow_the_sagemaker_contract(tmp_path):
@@ -236,3 +236,39 @@ def test_prediction_bbox_and_area_are_in_the_callers_pixels():
     assert 18 <= x0 < x1 <= 30 and 6 <= y0 < y1 <= 18
     clean = Prediction.from_outputs(0.1, probability_map, (32, 32), threshold=0.5).to_dict()
     assert clean == {"score": 0.1, "defective": False, "threshold": 0.5, "defect_area_px": 0, "bbox": None}
+
+
+def whole_image_mask(probability_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The mask as it was made before the defect window: the whole map scaled to the image."""
+    rows, cols = probability_map.shape
+    return _bilinear(shape[0], rows) @ probability_map.astype(np.float32) @ _bilinear(shape[1], cols).T > 0.5
+
+
+def random_maps(seed: int = 0, count: int = 200):
+    """Maps of every kind the window must get right: clean ones, blobs near edges, several
+    defects, pixels at exactly 0.5, and maps above 0.5 almost everywhere."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        size = int(rng.choice([16, 32, 64, 128]))
+        probability_map = (rng.random((size, size)) * 0.45).astype(np.float32)
+        for _ in range(int(rng.integers(0, 4))):
+            r, c = rng.integers(0, size, 2)
+            h, w = rng.integers(1, 12, 2)
+            probability_map[r:r + h, c:c + w] = rng.random() * 0.6 + 0.4
+        if i % 7 == 0:
+            probability_map[rng.random((size, size)) < 0.1] = 0.5
+        if i % 10 == 0:
+            probability_map = rng.random((size, size)).astype(np.float32)
+        yield probability_map, (int(rng.choice([512, 500, 301, 64])), int(rng.choice([512, 640, 257, 64])))
+
+
+def test_the_mask_scales_only_the_defects_window_and_equals_the_whole_image_scaling():
+    for probability_map, shape in random_maps():
+        prediction = Prediction.from_outputs(0.9, probability_map, shape, threshold=0.5)
+        expected = whole_image_mask(probability_map, shape)
+        assert np.array_equal(prediction.mask, expected), (probability_map.shape, shape)
+        rows, cols = np.nonzero(expected)
+        record = prediction.to_dict()
+        assert record["defect_area_px"] == len(rows)
+        assert record["bbox"] == ([int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
+                                  if len(rows) else None)

@@ -4,7 +4,8 @@ The worker answers a defect probability and a probability map at the model's map
 resolution per image (wire.py); this turns them into the caller's terms: the decision
 at the request's threshold, and the defect mask back at the image's own size, so
 `bbox` and `defect_area_px` are in the caller's pixel coordinates. The full-size mask
-is made only for a defective image, and only once: for a clean one it is empty.
+is made only for a defective image, and only once: for a clean one it is empty; and only
+where the map comes near 0.5.
 """
 
 from __future__ import annotations
@@ -38,12 +39,23 @@ class Prediction:
     def mask(self) -> np.ndarray:
         """bool at the image's own size: where the map, scaled back, exceeds 0.5; empty
         unless the image is defective."""
+        mask = np.zeros(self.image_shape, dtype=bool)
         if not self.defective:
-            return np.zeros(self.image_shape, dtype=bool)
-        rows, cols = self.probability_map.shape
+            return mask
+        probabilities = self.probability_map.astype(np.float32)
+        rows, cols = probabilities.shape
         height, width = self.image_shape
-        full = _bilinear(height, rows) @ self.probability_map.astype(np.float32) @ _bilinear(width, cols).T
-        return full > MASK_PROBABILITY
+        # A scaled pixel mixes at most 2x2 map pixels with weights summing to 1, so it can
+        # exceed 0.5 only next to a map pixel that does (the margin absorbs rounding): only
+        # the window around those is scaled, a small part of the image for a real defect.
+        near = probabilities > MASK_PROBABILITY - 1e-6
+        row_weights, col_weights = _bilinear(height, rows), _bilinear(width, cols)
+        top, bottom = _span(row_weights, near.any(axis=1))
+        left, right = _span(col_weights, near.any(axis=0))
+        if top < bottom and left < right:
+            scaled = row_weights[top:bottom] @ probabilities @ col_weights[left:right].T
+            mask[top:bottom, left:right] = scaled > MASK_PROBABILITY
+        return mask
 
     def to_dict(self) -> dict:
         area, bbox = 0, None
@@ -60,6 +72,15 @@ class Prediction:
             "defect_area_px": area,
             "bbox": bbox,
         }
+
+
+def _span(weights: np.ndarray, hot: np.ndarray) -> tuple[int, int]:
+    """The scaled positions [start, stop) that draw on the `hot` map positions' span."""
+    found = np.flatnonzero(hot)
+    if not found.size:
+        return 0, 0
+    drawing = np.flatnonzero(weights[:, found[0]:found[-1] + 1].any(axis=1))
+    return int(drawing[0]), int(drawing[-1]) + 1
 
 
 @lru_cache(maxsize=64)
