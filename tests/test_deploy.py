@@ -221,9 +221,10 @@ def test_autoscale_registers_target_tracking(local_aws, models):
     result = run(local_aws, *base, "--variant", "v-v1", "--min", "1", "--max", "4", "--target-invocations", "70")
     assert result.returncode == 0, result.stderr
     scaling = aws_client(local_aws, "application-autoscaling")
-    (target,) = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
-    assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == ("endpoint/scaled/variant/v-v1", 1, 4)
-    (policy,) = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    resource = "endpoint/scaled/variant/v-v1"
+    (target,) = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
+    (policy,) = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)["ScalingPolicies"]
     config = policy["TargetTrackingScalingPolicyConfiguration"]
     assert config["TargetValue"] == 70 and config["ScaleInCooldown"] == 300 and config["ScaleOutCooldown"] == 60
     wrong = run(local_aws, *base, "--variant", "nope", "--min", "1", "--max", "2", "--target-invocations", "5")

@@ -44,6 +44,17 @@ def test_sagemaker_variables_are_read(tmp_path):
         "MaxConcurrentTransforms": 4, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 50}
 
 
+def test_async_inference_takes_large_long_requests_and_stays_bounded():
+    settings = environment.from_env({"DAGM_ASYNC_INFERENCE": "true"}, gpus=0)
+    assert (settings.max_payload_mb, settings.max_images_per_request, settings.response_timeout_s) == (100, 1024, 900)
+    assert environment.from_env({"DAGM_ASYNC_INFERENCE": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"},
+                                gpus=0).max_payload_mb == 1024
+    with pytest.raises(environment.SettingsError, match="an integer from 1 to 1024"):
+        environment.from_env({"DAGM_ASYNC_INFERENCE": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1025"}, gpus=0)
+    realtime = environment.from_env({}, gpus=0)
+    assert (realtime.async_inference, realtime.max_images_per_request, realtime.response_timeout_s) == (False, 64, 60)
+
+
 def test_each_worker_gets_its_share_of_the_cores_unless_omp_num_threads_says_otherwise():
     cores = os.cpu_count() or 1
     assert environment.from_env({}, gpus=0).threads_per_worker == cores
@@ -59,7 +70,7 @@ def test_each_worker_gets_its_share_of_the_cores_unless_omp_num_threads_says_oth
     ("DAGM_SERVER_BATCH_DELAY_MS", "-1"), ("DAGM_DEVICE", "tpu"),
     ("DAGM_ENDPOINT_NAME", "no_underscores"), ("DAGM_VARIANT_NAME", "-dash-first"),
     ("DAGM_DRIFT_PUBLISH_SECONDS", "0"), ("DAGM_BATCH_FILES_DIR", "relative/dir"),
-    ("DAGM_KEEP_FREED_MEMORY", "sometimes"),
+    ("DAGM_KEEP_FREED_MEMORY", "sometimes"), ("DAGM_ASYNC_INFERENCE", "later"),
 ])
 def test_malformed_values_name_the_variable(name, value):
     with pytest.raises(environment.SettingsError, match=f"{name}={value!r} is invalid"):

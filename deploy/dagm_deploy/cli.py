@@ -5,9 +5,14 @@
         [--lock-wait S] [--version V] [--instance-type T] [--instance-count N] [--steps 10,50,100]
         [--bake-seconds S] [--alarms A,B] [--samples IMG ...] [--latency-ms MS] [--model-env K=V ...]
         [--strategy variants|guardrails]
+        [--async-output s3://... [--async-failure s3://...] [--async-success-topic ARN]
+         [--async-error-topic ARN] [--async-max-concurrency N]]
+        [--serverless-memory MB [--serverless-max-concurrency N] [--serverless-provisioned N]]
+        [--before-container IMAGE ...] [--after-container IMAGE ...]
     dagm-deploy status|rollback|delete --endpoint E
     dagm-deploy unlock --endpoint E --owner OWNER
-    dagm-deploy autoscale --endpoint E --variant V --min N --max M --target-invocations K
+    dagm-deploy autoscale --endpoint E --variant V --min N --max M
+        (--target-invocations K | --backlog-per-instance K)
 
 A registered model (--model-package, or the newest Approved version of
 --model-package-group, read again once the deploy lock is held) must be Approved: any
@@ -16,6 +21,11 @@ endpoint's model is then created from the package (registry.py). Deploying a gro
 newest Approved version is what the pipeline's approval events run, so an approval, a
 rejection of the serving version (back to the previous Approved one), or a duplicate or
 stale event all converge on it; a version that already serves is left as it is.
+
+Serving modes (modes.py): --async-output makes the endpoint asynchronous,
+--serverless-memory serverless, --before/--after-container an inference pipeline
+around the serving image. An endpoint keeps its mode: a model of another mode is
+refused, exit 1, naming both.
 
 (also `python -m dagm_deploy ...`). boto3 alone; AWS_ENDPOINT_URL points it at the
 local AWS (`make local-aws`). How a rollout goes and how it ends safe: rollout.py and
@@ -40,7 +50,7 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dagm_deploy import aws, options, registry, signals
+from dagm_deploy import aws, modes, options, registry, signals
 from dagm_deploy.autoscaling import Scaling, autoscale
 from dagm_deploy.endpoint import Endpoint
 from dagm_deploy.errors import Interrupted, Refused
@@ -70,8 +80,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     scale.add_argument("--variant", required=True)
     scale.add_argument("--min", type=int, required=True, dest="minimum")
     scale.add_argument("--max", type=int, required=True, dest="maximum")
-    scale.add_argument("--target-invocations", type=float, required=True,
-                       help="SageMakerVariantInvocationsPerInstance to hold (per minute)")
+    target = scale.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-invocations", type=float,
+                        help="SageMakerVariantInvocationsPerInstance to hold (per minute)")
+    target.add_argument("--backlog-per-instance", type=float,
+                        help="asynchronous endpoints: queued requests per instance to hold; --min may be 0")
     scale.add_argument("--scale-in-cooldown", type=int, default=300)
     scale.add_argument("--scale-out-cooldown", type=int, default=60)
     deploy.add_argument("--image", help="serving image URI (with --model-data)")
@@ -98,6 +111,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="more environment for the model's container, e.g. DAGM_SERVER_BATCH_SIZE=32")
     deploy.add_argument("--strategy", choices=["variants", "guardrails"], default="variants",
                         help="variants: this tool shifts weights; guardrails: SageMaker's blue/green DeploymentConfig")
+    modes.add_arguments(deploy)
     return parser.parse_args(argv)
 
 
@@ -129,8 +143,8 @@ def run(args: argparse.Namespace) -> None:
         unlock(aws.control("dynamodb"), args.lock_table, args.endpoint, args.owner)
         endpoint.say(f"lock of {args.owner} removed")
     elif args.command == "autoscale":
-        autoscale(endpoint, Scaling(args.variant, args.minimum, args.maximum, args.target_invocations,
-                                    args.scale_in_cooldown, args.scale_out_cooldown))
+        autoscale(endpoint, Scaling(args.variant, args.minimum, args.maximum, args.target_invocations or 0.0,
+                                    args.scale_in_cooldown, args.scale_out_cooldown, args.backlog_per_instance))
     else:
         delete(endpoint)
 

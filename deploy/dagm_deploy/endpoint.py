@@ -10,7 +10,10 @@ from dagm_deploy import aws
 from dagm_deploy.errors import Refused
 
 # Fields of a config's production variant that describe it (not its weight).
-VARIANT_FIELDS = ("VariantName", "ModelName", "InstanceType", "InitialInstanceCount")
+VARIANT_FIELDS = ("VariantName", "ModelName", "InstanceType", "InitialInstanceCount", "ServerlessConfig")
+# What a config holds beside its variants that every config of the endpoint keeps: the
+# canary, final and restored configs of an asynchronous endpoint stay asynchronous.
+ENDPOINT_FIELDS = ("AsyncInferenceConfig",)
 
 
 def missing(error: ClientError) -> bool:
@@ -37,6 +40,10 @@ class Endpoint:
     def config_variants(self, config_name: str) -> list[dict]:
         return self.sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
 
+    def config_extras(self, config_name: str) -> dict:
+        described = self.sm.describe_endpoint_config(EndpointConfigName=config_name)
+        return {key: described[key] for key in ENDPOINT_FIELDS if described.get(key)}
+
     def wait_in_service(self, config_name: str | None = None, deadline: float | None = None) -> dict:
         """Wait until the endpoint is InService; with `config_name`, it must run that config
         (SageMaker rolls a failed update back to the old config, with a FailureReason)."""
@@ -55,11 +62,11 @@ class Endpoint:
                 raise Refused(f"the endpoint is still {status} after the time allowed")
             time.sleep(self.poll)
 
-    def create_config(self, name: str, variants: list[dict]) -> str:
+    def create_config(self, name: str, variants: list[dict], extras: dict | None = None) -> str:
         try:
             self.sm.describe_endpoint_config(EndpointConfigName=name)
         except ClientError:
-            self.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=variants)
+            self.sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=variants, **(extras or {}))
         return name
 
     def update(self, config_name: str, deadline: float | None = None) -> dict:

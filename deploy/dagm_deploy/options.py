@@ -9,6 +9,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+from dagm_deploy import modes
 from dagm_deploy.errors import Refused
 
 
@@ -57,6 +58,8 @@ class Options:
     package: str | None = None
     # Deploy the newest Approved version of this group, as it stands once the lock is held.
     package_group: str | None = None
+    # Real-time, asynchronous or serverless, and the containers around the serving image.
+    mode: modes.Mode = field(default_factory=modes.Mode)
 
     @property
     def model(self) -> str:
@@ -114,6 +117,12 @@ def from_args(args: argparse.Namespace) -> Options:
         percentages = steps(args.steps)
     except ValueError as exc:
         raise Refused(f"--steps {args.steps!r}: {exc}") from None
+    mode = modes.from_args(args)
+    if args.strategy == "guardrails" and mode.name != "real-time":
+        raise Refused(f"--strategy guardrails is for real-time endpoints, not {mode.name} ones")
+    if (mode.before or mode.after) and not args.image:
+        raise Refused("--before-container/--after-container need the serving image as --image with --model-data")
+    model_env = {**mode.model_env(), **model_env}
     # A registered model's version is named once the package is known (registry.for_rollout).
     version = args.version or (args.image and args.image.rpartition(":")[2]) or (
         "" if args.model_data is None else str(int(time.time())))
@@ -121,4 +130,5 @@ def from_args(args: argparse.Namespace) -> Options:
                    args.instance_type, args.instance_count, percentages, args.bake_seconds,
                    [a for a in args.alarms.split(",") if a], samples or [sample_png()], args.latency_ms,
                    args.alarm_period, args.strategy, model_env, args.poll_seconds, args.check_timeout,
-                   args.lock_table, args.lease_seconds, args.lock_wait, args.model_package, args.model_package_group)
+                   args.lock_table, args.lease_seconds, args.lock_wait, args.model_package, args.model_package_group,
+                   mode)

@@ -23,7 +23,7 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dagm_deploy import aws, guardrails, registry, signals
+from dagm_deploy import aws, guardrails, modes, registry, signals
 from dagm_deploy.alarms import Alarms
 from dagm_deploy.endpoint import VARIANT_FIELDS, Endpoint
 from dagm_deploy.errors import Interrupted, Refused, cause, exit_code
@@ -76,55 +76,78 @@ class Rollout:
             return
         if described["EndpointStatus"] != "InService":
             raise Refused(f"the endpoint is {described['EndpointStatus']}: another update is in progress")
+        live_mode = modes.of_config(self.sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"]))
+        if live_mode != self.o.mode.name:
+            raise Refused(f"the endpoint is {live_mode}; a {self.o.mode.name} model needs an endpoint of its own "
+                          f"(another --endpoint, or `dagm-deploy delete` first)")
         self.endpoint.delete_quietly(self.alarms.delete, names=self.alarms.own())
         if self.o.strategy == "guardrails":
             guardrails.roll(self, described, lock)
+        elif self.o.mode.serverless:
+            self.replace(described, lock)
         else:
             self.roll(described, lock)
 
     # -- building blocks ---------------------------------------------------------------
     def new_variant(self, weight: float) -> dict:
-        return {"VariantName": self.o.variant, "ModelName": self.o.model, "InstanceType": self.o.instance_type,
-                "InitialInstanceCount": self.o.instance_count, "InitialVariantWeight": weight}
+        o = self.o
+        where = ({"ServerlessConfig": o.mode.serverless.config()} if o.mode.serverless
+                 else {"InstanceType": o.instance_type, "InitialInstanceCount": o.instance_count})
+        return {"VariantName": o.variant, "ModelName": o.model, **where, "InitialVariantWeight": weight}
+
+    def create_config(self, name: str, variants: list[dict]) -> str:
+        return self.endpoint.create_config(name, variants, self.o.mode.endpoint_config())
 
     def ensure_model(self) -> None:
         o = self.o
         # A registered model's container is the package; its image and data come from it.
         source = {"ModelPackageName": o.package} if o.package else {"Image": o.image, "ModelDataUrl": o.model_data}
+        around = [[{"Image": image} for image in o.mode.before], [{"Image": image} for image in o.mode.after]]
         try:
             existing = self.sm.describe_model(ModelName=o.model)
         except ClientError:
             environment = {"DAGM_ENDPOINT_NAME": o.endpoint, "DAGM_VARIANT_NAME": o.variant, **o.model_env}
-            self.sm.create_model(ModelName=o.model, ExecutionRoleArn=o.role,
-                                 PrimaryContainer={**source, "Environment": environment})
+            serving = {**source, "Environment": environment}
+            if around[0] or around[1]:
+                containers = around[0] + [serving] + around[1]
+                self.sm.create_model(ModelName=o.model, ExecutionRoleArn=o.role, Containers=containers,
+                                     InferenceExecutionConfig={"Mode": "Serial"})
+                self.say(f"created model {o.model}: a pipeline of {len(containers)} containers")
+                return
+            self.sm.create_model(ModelName=o.model, ExecutionRoleArn=o.role, PrimaryContainer=serving)
             self.say(f"created model {o.model}" + (f" from {o.package}" if o.package else ""))
             return
-        container = existing.get("PrimaryContainer", {})
-        if {key: container.get(key) for key in source} != source:
-            raise Refused(f"model {o.model} exists with another image, model data or package; "
+        wanted = around[0] + [source] + around[1]
+        containers = existing.get("Containers") or [existing.get("PrimaryContainer", {})]
+        if [{key: c.get(key) for key in w} for c, w in zip(containers, wanted)] != wanted or len(containers) != len(wanted):
+            raise Refused(f"model {o.model} exists with another image, model data, package or pipeline; "
                           f"deploy with a new --version")
 
     def create(self) -> None:
-        config = self.endpoint.create_config(self.o.model, [self.new_variant(1.0)])
+        config = self.create_config(self.o.model, [self.new_variant(1.0)])
         self.sm.create_endpoint(EndpointName=self.o.endpoint, EndpointConfigName=config)
-        self.say(f"creating the endpoint with {self.o.variant}")
+        self.say(f"creating the {self.o.mode.name} endpoint with {self.o.variant}")
         self.endpoint.wait_in_service(config, time.monotonic() + self.update_timeout)
         self.say(f"in service with {self.o.variant}")
 
-    def pre_traffic_check(self) -> None:
+    def pre_traffic_check(self, target: bool = True) -> None:
+        """The samples through the new variant (`target`: aimed at it while it has no traffic;
+        else through the endpoint, which a serverless one serves alone). With containers
+        after the serving image the answer is theirs: it must only be JSON."""
         variant, runtime = self.o.variant, aws.runtime(self.o.check_timeout)
-        self.say(f"pre-traffic check: {len(self.o.samples)} sample image(s) to {variant}")
+        self.say(f"{'pre-traffic ' if target else ''}check: {len(self.o.samples)} sample image(s) to {variant}")
         for i, image in enumerate(self.o.samples):
             try:
-                reply = runtime.invoke_endpoint(EndpointName=self.o.endpoint, TargetVariant=variant,
-                                                ContentType="image/png", Accept="application/json", Body=image)
+                reply = runtime.invoke_endpoint(EndpointName=self.o.endpoint, ContentType="image/png",
+                                                Accept="application/json", Body=image,
+                                                **({"TargetVariant": variant} if target else {}))
                 answer = json.loads(reply["Body"].read())
             except Exception as exc:  # an error, a timeout, a body that is not JSON: all refuse it
                 raise Refused(f"pre-traffic check: sample {i} failed on the new variant: "
                               f"{type(exc).__name__}: {exc}") from None
-            if reply.get("InvokedProductionVariant") != variant or not sensible(answer):
+            if reply.get("InvokedProductionVariant") != variant or not (self.o.mode.after or sensible(answer)):
                 raise Refused(f"pre-traffic check: sample {i} got a nonsense answer: {json.dumps(answer)[:200]}")
-        self.say(f"pre-traffic check passed on {len(self.o.samples)} sample image(s)")
+        self.say(f"check passed on {len(self.o.samples)} sample image(s)")
 
     def bake(self, step: int, alarms: list[str], lock: Lock) -> None:
         self.say(f"{self.o.variant} at {step}%: baking {self.o.bake_seconds:.0f} s")
@@ -155,18 +178,21 @@ class Rollout:
         canary, final = self.o.config("canary"), self.o.config("final")
         alarms: list[str] = []
         try:
-            self.endpoint.create_config(canary, [{**old, "InitialVariantWeight": 1.0}, self.new_variant(0.0)])
+            self.create_config(canary, [{**old, "InitialVariantWeight": 1.0}, self.new_variant(0.0)])
             if described["EndpointConfigName"] != canary:
                 self.say(f"adding {variant} at weight 0 next to {old['VariantName']}")
                 self.endpoint.update(canary, time.monotonic() + self.update_timeout)
             alarms = self.alarms.create(variant, self.o.latency_ms, self.o.alarm_period)
-            self.pre_traffic_check()
+            if self.o.mode.asynchronous:  # InvokeEndpointAsync cannot aim at a variant
+                self.say("asynchronous endpoint: no pre-traffic check; the first step's alarms judge the model")
+            else:
+                self.pre_traffic_check()
             for step in self.o.steps:
                 lock.check()
                 self.endpoint.set_weights({old["VariantName"]: float(100 - step), variant: float(step)},
                                           time.monotonic() + self.update_timeout)
                 self.bake(step, alarms, lock)
-            self.endpoint.create_config(final, [self.new_variant(1.0)])
+            self.create_config(final, [self.new_variant(1.0)])
             self.endpoint.update(final, time.monotonic() + self.update_timeout)
         except BaseException as stop:
             self.abort(stop, alarms)
@@ -177,6 +203,57 @@ class Rollout:
                 self.endpoint.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=name)
             if old["ModelName"] != self.o.model:
                 self.endpoint.delete_quietly(self.sm.delete_model, ModelName=old["ModelName"])
+
+    # -- serverless: one variant, replaced at once ------------------------------------------
+    def replace(self, described: dict, lock: Lock) -> None:
+        """A serverless endpoint holds a single variant: the new one takes its place at once,
+        then the samples are checked through the endpoint and it bakes under its alarms. Any
+        failure, or a signal, puts the old config back."""
+        old_config, variant = described["EndpointConfigName"], self.o.variant
+        old_models = {v["ModelName"] for v in self.endpoint.config_variants(old_config)}
+        if old_config == self.o.config("final"):
+            self.say(f"{variant} already serves all traffic: nothing to do")
+            return
+        final, alarms = self.o.config("final"), []
+        try:
+            self.create_config(final, [self.new_variant(1.0)])
+            self.say(f"serverless: {variant} replaces the running variant")
+            self.endpoint.update(final, time.monotonic() + self.update_timeout)
+            alarms = self.alarms.create(variant, self.o.latency_ms, self.o.alarm_period)
+            self.pre_traffic_check(target=False)
+            self.bake(100, alarms, lock)
+        except BaseException as stop:
+            self.put_back(stop, old_config, alarms)
+        self.say(f"done: {variant} serves all traffic")
+        with signals.shielded("cleaning up after the rollout"):
+            self.endpoint.delete_quietly(self.alarms.delete, names=alarms)
+            self.endpoint.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=old_config)
+            for model in old_models - {self.o.model}:
+                self.endpoint.delete_quietly(self.sm.delete_model, ModelName=model)
+
+    def put_back(self, stop: BaseException, old_config: str, alarms: list[str]) -> None:
+        """`abort` for a replaced variant: the endpoint returns to `old_config`."""
+        why = cause(stop)
+        with signals.shielded("rolling back"):
+            self.say(f"stopping: {why}")
+
+            def restore() -> None:
+                live = self.endpoint.wait_in_service(deadline=time.monotonic() + self.update_timeout)
+                if live["EndpointConfigName"] != old_config:
+                    self.say(f"rolling back: the endpoint returns to {old_config}")
+                    self.endpoint.update(old_config, time.monotonic() + self.update_timeout)
+
+            try:
+                aws.until(time.monotonic() + ROLLBACK_RETRY_SECONDS, restore, "restoring the old config", self.say)
+            except Exception as failure:
+                raise Refused(f"{why}; the rollback did not finish ({cause(failure)}): {self.state()}",
+                              exit_code(stop)) from None
+            self.endpoint.delete_quietly(self.alarms.delete, names=alarms)
+            self.discard_candidate()
+        state = f"the endpoint is back on config {old_config}"
+        if isinstance(stop, Interrupted):
+            raise Refused(f"{why}: {state}", exit_code(stop)) from None
+        raise Refused(f"rolled back: {why} ({state})", exit_code(stop)) from None
 
     def abort(self, stop: BaseException, alarms: list[str]) -> None:
         """Roll back whatever stopped the rollout, then raise Refused saying why and where
@@ -251,7 +328,8 @@ def rollback(endpoint: Endpoint, update_timeout: float) -> str:
     def old_config() -> None:
         live, _ = settled()
         if live["EndpointConfigName"] != restored:
-            endpoint.create_config(restored, [{**{k: old[k] for k in VARIANT_FIELDS}, "InitialVariantWeight": 1.0}])
+            endpoint.create_config(restored, [{**{k: old[k] for k in VARIANT_FIELDS if k in old}, "InitialVariantWeight": 1.0}],
+                                   endpoint.config_extras(live["EndpointConfigName"]))
             endpoint.update(restored, time.monotonic() + update_timeout)
 
     aws.until(time.monotonic() + ROLLBACK_RETRY_SECONDS, old_config, "restoring the old config", endpoint.say)

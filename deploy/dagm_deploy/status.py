@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from dagm_deploy import aws, lock, registry
+from dagm_deploy import aws, lock, modes, registry
 from dagm_deploy.alarms import Alarms
 from dagm_deploy.endpoint import Endpoint
 from dagm_deploy.errors import Refused
@@ -17,16 +17,24 @@ def status(endpoint: Endpoint, lock_table: str | None = None) -> dict:
     if described is None:
         raise Refused("no such endpoint")
     alarms = Alarms(endpoint.name)
+    config = endpoint.sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
     variants = []
-    for given, live in zip(endpoint.config_variants(described["EndpointConfigName"]),
-                           described.get("ProductionVariants", [])):
-        model = endpoint.sm.describe_model(ModelName=given["ModelName"]).get("PrimaryContainer", {})
+    for given, live in zip(config["ProductionVariants"], described.get("ProductionVariants", [])):
+        model = endpoint.sm.describe_model(ModelName=given["ModelName"])
+        containers = model.get("Containers") or [model.get("PrimaryContainer", {})]
+        # In a pipeline the serving image's container is the one dagm-deploy named the variant in.
+        serving = next((c for c in containers if "DAGM_VARIANT_NAME" in (c.get("Environment") or {})), containers[0])
         variants.append({"variant": given["VariantName"], "weight": live.get("CurrentWeight"),
                          "instances": live.get("CurrentInstanceCount"), "model": given["ModelName"],
-                         **source(endpoint.sm, model), "alarms": alarms.states(alarms.names(given["VariantName"]))})
-    report = {"endpoint": endpoint.name, "status": described["EndpointStatus"],
+                         **({"serverless": given["ServerlessConfig"]} if given.get("ServerlessConfig") else {}),
+                         **({"pipeline": [c.get("Image") or c.get("ModelPackageName") for c in containers]}
+                            if len(containers) > 1 else {}),
+                         **source(endpoint.sm, serving), "alarms": alarms.states(alarms.names(given["VariantName"]))})
+    report = {"endpoint": endpoint.name, "status": described["EndpointStatus"], "mode": modes.of_config(config),
               "config": described["EndpointConfigName"], "failure_reason": described.get("FailureReason"),
               "variants": variants}
+    if config.get("AsyncInferenceConfig"):
+        report["async"] = config["AsyncInferenceConfig"]
     if lock_table:
         report["lock"] = held_lock(lock_table, endpoint.name)
     return report

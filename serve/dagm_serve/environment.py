@@ -25,9 +25,13 @@ T = TypeVar("T")
 DEFAULT_PORT = 8080
 SHARED_MEMORY = Path("/dev/shm")
 BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
-# SageMaker's limit for a real-time request; batch transform allows up to 100 MB.
+# SageMaker's limit for a real-time request; batch transform allows up to 100 MB, and
+# asynchronous inference up to 1 GB per request read from S3.
 DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100
+MAX_ASYNC_PAYLOAD_MB = 1024
+# An asynchronous endpoint's requests: up to InvocationTimeoutSeconds' default (900 s) each.
+ASYNC_RESPONSE_TIMEOUT_S = 900
 # The names a model may be loaded as (models.py); they also name files (handler.py).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Where `dagm-mms-class-archive` writes MMS's class-data archive unless told otherwise:
@@ -50,6 +54,9 @@ class ServingSettings:
     multi_model: bool
     model_dir: Path
     batch_transform: bool
+    # Behind an asynchronous endpoint (DAGM_ASYNC_INFERENCE, which dagm-deploy sets): large
+    # payloads read from S3 and long requests are what it is for.
+    async_inference: bool
     max_payload_mb: int
     batch_strategy: str
     max_concurrent_transforms: int
@@ -184,7 +191,10 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
     workers = _read(env, "SAGEMAKER_MODEL_SERVER_WORKERS", _bounded_int(1, 256),
                     default_workers(gpus), "an integer from 1 to 256")
     batch_transform = _read(env, "SAGEMAKER_BATCH", _bool, False, "true or false")
-    payload_cap = MAX_BATCH_PAYLOAD_MB if batch_transform else DEFAULT_MAX_PAYLOAD_MB
+    async_inference = _read(env, "DAGM_ASYNC_INFERENCE", _bool, False, "true or false")
+    payload_cap = (MAX_ASYNC_PAYLOAD_MB if async_inference else MAX_BATCH_PAYLOAD_MB if batch_transform
+                   else DEFAULT_MAX_PAYLOAD_MB)
+    payload_default = MAX_BATCH_PAYLOAD_MB if async_inference else DEFAULT_MAX_PAYLOAD_MB
     base = Path(env.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
     return ServingSettings(
         port=_read(env, "SAGEMAKER_BIND_TO_PORT", _bounded_int(1, 65535), DEFAULT_PORT,
@@ -198,8 +208,9 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
         multi_model=_read(env, "SAGEMAKER_MULTI_MODEL", _bool, False, "true or false"),
         model_dir=base / "model",
         batch_transform=batch_transform,
+        async_inference=async_inference,
         max_payload_mb=_read(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", _bounded_int(1, payload_cap),
-                             DEFAULT_MAX_PAYLOAD_MB, f"an integer from 1 to {payload_cap} (MB)"),
+                             payload_default, f"an integer from 1 to {payload_cap} (MB)"),
         batch_strategy=_read(env, "SAGEMAKER_BATCH_STRATEGY", _choice(BATCH_STRATEGIES),
                              "MULTI_RECORD", " or ".join(BATCH_STRATEGIES)),
         max_concurrent_transforms=_read(env, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
@@ -208,10 +219,10 @@ def from_env(env: Mapping[str, str] | None = None, gpus: int | None = None) -> S
                                 "an integer from 1 to 1024 (images)"),
         server_batch_delay_ms=_read(env, "DAGM_SERVER_BATCH_DELAY_MS", _bounded_int(0, 10000), 0,
                                     "milliseconds from 0 to 10000"),
-        max_images_per_request=_read(env, "DAGM_MAX_IMAGES_PER_REQUEST", _bounded_int(1, 1024), 64,
-                                     "an integer from 1 to 1024"),
-        response_timeout_s=_read(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", _bounded_int(1, 3600), 60,
-                                 "seconds from 1 to 3600"),
+        max_images_per_request=_read(env, "DAGM_MAX_IMAGES_PER_REQUEST", _bounded_int(1, 1024),
+                                     1024 if async_inference else 64, "an integer from 1 to 1024"),
+        response_timeout_s=_read(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", _bounded_int(1, 3600),
+                                 ASYNC_RESPONSE_TIMEOUT_S if async_inference else 60, "seconds from 1 to 3600"),
         device=_read(env, "DAGM_DEVICE", _choice(("auto", "cpu", "cuda")), "auto", "auto, cpu or cuda"),
         amp=_read(env, "DAGM_AMP", _choice(("auto", "true", "false")), "auto", "auto, true or false"),
         memory_reserve_mb=_read(env, "DAGM_MEMORY_RESERVE_MB", _bounded_int(0, 10_000_000), 256,
