@@ -6,7 +6,9 @@ with the default architecture (ModelConfig(), 512x512), then measures on the sam
 turns each for throughput, 25 requests at a time for latency), since this VM's speed
 drifts within a minute:
   cold start         process start -> first 200 on /ping (model loaded and warmed up), the
-                     median of --starts starts
+                     median of --starts starts; and process start -> the answer to a single
+                     PNG sent at once after that ping: what the first request to a cold
+                     serverless endpoint waits for, beyond SageMaker's own provisioning
   throughput         images/s of concurrent clients posting single PNGs (4 x --clients
                      at a time), 16-image x-npy bodies and JSON bodies of 16 base64 PNGs,
                      vs the in-process path on the same bodies: the front's own work
@@ -84,6 +86,8 @@ from dagm_serve.service import Service, select_device
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 16
 TARGET_RATIO = 0.95
+# Issue 30's: a single PNG carries the most HTTP and MMS cost per image.
+TARGET_PNG_RATIO = 0.90
 TARGET_ADDED_P50_MS = 1.0
 TARGET_COLD_START_S = 3.0
 READY_TIMEOUT_S = 180
@@ -475,12 +479,22 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     port = free_port()
     # Cold start: the median of --starts starts (one alone varies by a fifth here), the
     # last of them the server measured below.
-    starts = []
-    for n in range(args.starts - 1):
-        with serving(model_dir, free_port(), work / f"start-{n}.log") as (seconds, _):
-            starts.append(seconds)
-    with serving(model_dir, port, work / "serve.log") as (seconds, server):
+    starts, first_answers = [], []
+
+    def first_answer(started_port: int, seconds: float) -> None:
+        began = time.perf_counter()
+        connection = http.client.HTTPConnection("127.0.0.1", started_port, timeout=60)
+        post(connection, pngs[0], PNG)
+        connection.close()
         starts.append(seconds)
+        first_answers.append(seconds + time.perf_counter() - began)
+
+    for n in range(args.starts - 1):
+        start_port = free_port()
+        with serving(model_dir, start_port, work / f"start-{n}.log") as (seconds, _):
+            first_answer(start_port, seconds)
+    with serving(model_dir, port, work / "serve.log") as (seconds, server):
+        first_answer(port, seconds)
         front_rss_mb = psutil.Process(server.pid).memory_info().rss / 2**20
         local = InProcess(model_dir, settings)
         arrays = np.stack([images[0] for images, _ in (local.decode(b, PNG) for b in pngs)])
@@ -513,6 +527,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "rounds": args.rounds,
         "cold_start_s": round(cold_start, 2),
         "cold_start_s_each": [round(seconds, 2) for seconds in starts],
+        "cold_start_to_first_answer_s": round(statistics.median(first_answers), 2),
         "front_rss_mb": round(front_rss_mb),
         "in_process_images_per_s_npy_16_allocator": allocator,
         f"cpu_s_while_serving_for_{args.seconds:g}_s": cpu,
@@ -528,7 +543,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "max_score_difference_npy_16": score_difference,
         "drift_watch": watch,
         "targets_met": {
-            f"png_single_ratio_ge_{TARGET_RATIO}": ratios["png_single"] >= TARGET_RATIO,
+            f"png_single_ratio_ge_{TARGET_PNG_RATIO}": ratios["png_single"] >= TARGET_PNG_RATIO,
             f"npy_16_ratio_ge_{TARGET_RATIO}": ratios["npy_16"] >= TARGET_RATIO,
             f"added_p50_ms_le_{TARGET_ADDED_P50_MS}": added_p50 <= TARGET_ADDED_P50_MS,
             f"cold_start_s_le_{TARGET_COLD_START_S}": cold_start <= TARGET_COLD_START_S,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -248,16 +249,17 @@ def nan_model(source: Path, target: Path) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
-def local_aws(tmp_path_factory):
-    """`python -m local_aws` (what `make local-aws` runs) on a free port, for the session."""
+@contextlib.contextmanager
+def running_local_aws(tmp_path_factory, **env: str):
+    """`python -m local_aws` (what `make local-aws` runs) on a free port, with `env` added;
+    its endpoints are deleted when it stops."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("local_aws") / "local_aws.log"
     work = tmp_path_factory.mktemp("local_aws_work")
-    log = open(log_path, "w")
-    env = {**job_env(), "PYTHONPATH": str(REPO / "local_test")}
-    process = subprocess.Popen([sys.executable, "-m", "local_aws", "--port", str(port), "--work", str(work)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "local_aws", "--port", str(port), "--work", str(work)],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**job_env(), "PYTHONPATH": str(REPO / "local_test"), **env})
     deadline = time.monotonic() + 60
     while "ready at" not in log_path.read_text():
         assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
@@ -265,11 +267,35 @@ def local_aws(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     _LOCAL_AWS.append(url)
     _WORK[url] = work
-    yield url
-    _LOCAL_AWS.remove(url)
-    process.terminate()
-    process.wait(60)
-    log.close()
+    try:
+        yield url
+    finally:
+        _delete_endpoints(url, _endpoints(url))
+        _LOCAL_AWS.remove(url)
+        process.terminate()
+        process.wait(60)
+
+
+@pytest.fixture(scope="session")
+def local_aws(tmp_path_factory):
+    """The local AWS for the session."""
+    with running_local_aws(tmp_path_factory) as url:
+        yield url
+
+
+def processes_tagged(name: str, value: str) -> list:
+    """The live processes whose environment holds `name`=`value` (a model's Environment
+    reaches its serve processes: how a test finds an endpoint's)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(name) == value:
+                found.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
 
 
 _LOCAL_AWS: list[str] = []  # the session's local AWS, once a test has started it

@@ -50,6 +50,8 @@ class Load:
     def __init__(self, url: str, endpoint: str):
         self.runtime = aws_client(url, "sagemaker-runtime")
         self.endpoint, self.body = endpoint, noise_png()
+        # What every answer must hold (a KeyError or assertion counts as a failure).
+        self.check = lambda answer: answer["predictions"]
         self.variants: list[str] = []
         self.failures: list[str] = []
         self.stop = threading.Event()
@@ -59,7 +61,7 @@ class Load:
         while not self.stop.is_set():
             try:
                 reply = self.runtime.invoke_endpoint(EndpointName=self.endpoint, ContentType="image/png", Body=self.body)
-                json.loads(reply["Body"].read())["predictions"]
+                self.check(json.loads(reply["Body"].read()))
                 self.variants.append(reply["InvokedProductionVariant"])
             except Exception as exc:  # every kind of failure counts
                 self.failures.append(repr(exc))

@@ -17,6 +17,14 @@
 - Faults (faults.py): tests make chosen API calls fail or stall through the control API
   at /_local_aws/faults, and slow a variant, make it answer an error status, or hang it;
   InvokeEndpoint applies the variant faults, so they show in the metrics above.
+- InvokeEndpointAsync (moto returns canned data) for endpoints with AsyncInferenceConfig: a
+  queue and workers per endpoint, results in S3, SNS notifications, backlog metrics
+  (async_inference.py).
+- Inference pipelines (containers.py): a model of several containers runs one process per
+  container, invoked in series or one by TargetContainerHostname (Direct mode); a
+  container's error is a ModelError naming the container.
+- Serverless variants (serverless.py): started on demand (cold starts publish
+  ModelSetupTime), stopped when idle, MaxConcurrency and the 4 MB payload enforced.
 - Training jobs really run (training.py).
 - Variant weights: moto drops an `InitialVariantWeight` of 0 (a canary's starting point)
   and has no default; here 0 stays 0 and an absent weight is 1.0.
@@ -27,6 +35,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import threading
@@ -40,8 +49,8 @@ from moto.sagemaker import responses as sagemaker_responses
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemakerruntime import responses as runtime_responses
 
-from local_aws import faults, guardrails, registry, training
-from local_aws.hosting import Hosting
+from local_aws import async_inference, containers, faults, guardrails, registry, serverless, training
+from local_aws.hosting import Hosting, Refused
 
 # CreateTrainingJob's Environment, from the request handler to the backend that starts the job.
 job_environment: contextvars.ContextVar[dict | None] = contextvars.ContextVar("job_environment", default=None)
@@ -51,9 +60,14 @@ def _variants(production_variants: list[dict[str, Any]]) -> list[dict[str, Any]]
     variants = []
     for given in production_variants:
         weight = float(given.get("InitialVariantWeight", 1.0))
-        count = int(given.get("InitialInstanceCount", 1))
-        variants.append({"VariantName": given["VariantName"], "CurrentWeight": weight, "DesiredWeight": weight,
-                         "CurrentInstanceCount": count, "DesiredInstanceCount": count})
+        variant = {"VariantName": given["VariantName"], "CurrentWeight": weight, "DesiredWeight": weight}
+        if given.get("ServerlessConfig"):  # no instances: the serverless configuration instead
+            variant.update(CurrentServerlessConfig=given["ServerlessConfig"],
+                           DesiredServerlessConfig=given["ServerlessConfig"])
+        else:
+            count = int(given.get("InitialInstanceCount", 1))
+            variant.update(CurrentInstanceCount=count, DesiredInstanceCount=count)
+        variants.append(variant)
     return variants
 
 
@@ -82,9 +96,11 @@ def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, o
     def run():
         try:
             config = backend.describe_endpoint_config(config_name)
-            models = {v["VariantName"]: (v["ModelName"], _model_data(backend, v["ModelName"]),
-                                         _model_environment(backend, v["ModelName"]))
-                      for v in config["ProductionVariants"]}
+            # A multi-container model's or a serverless variant's spec, else (model, data, environment).
+            models = {v["VariantName"]: serverless.spec(backend, endpoint.endpoint_name, v, containers.pipeline_spec(
+                backend, v["ModelName"]) or (v["ModelName"], _model_data(backend, v["ModelName"]),
+                                             _model_environment(backend, v["ModelName"])))
+                for v in config["ProductionVariants"]}
         except Exception as exc:  # a missing model or S3 object: the endpoint says why
             on_failure(f"{type(exc).__name__}: {exc}")
             return
@@ -100,6 +116,8 @@ def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, o
 def install(hosting: Hosting) -> None:
     faults.install()
     registry.install()
+    containers.install()
+    serverless.install()
     SageMakerBackend = sagemaker_models.SageMakerModelBackend
     original_create = SageMakerBackend.create_endpoint
     original_delete = SageMakerBackend.delete_endpoint
@@ -217,25 +235,33 @@ def install(hosting: Hosting) -> None:
             variant, process = hosting.route(name, weights, self.headers.get("X-Amzn-SageMaker-Target-Variant"))
         except LookupError as exc:
             return _error(400, "ValidationError", str(exc))
-        forwarded = {k: v for k in ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
-                     if (v := self.headers.get(k)) is not None}
+        forwarded = {k: v for k in ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes",
+                                    containers.TARGET_CONTAINER_HEADER) if (v := self.headers.get(k)) is not None}
+        raw = self.raw_body
+        raw = raw if isinstance(raw, bytes) else (raw or "").encode()
         started = time.perf_counter()
-        effect = faults.variant_effect(name, variant)
-        effect.stall()  # an injected delay or hang: the model is slow to answer
         try:
-            if effect.status is not None:
-                status, headers = effect.status, {}
-                body = json.dumps({"error": f"status {effect.status} injected by a local AWS fault"}).encode()
-            else:
-                raw = self.raw_body
-                status, headers, body = process.invoke(raw if isinstance(raw, bytes) else (raw or "").encode(),
-                                                       forwarded)
-        except OSError as exc:
-            status, headers, body = 503, {}, json.dumps({"error": f"model container unreachable: {exc}"}).encode()
+            # A serverless variant admits up to MaxConcurrency calls at once, from arrival to answer.
+            with getattr(process, "admit", lambda _: contextlib.nullcontext())(raw):
+                effect = faults.variant_effect(name, variant)
+                effect.stall()  # an injected delay or hang: the model is slow to answer
+                try:
+                    if effect.status is not None:
+                        status, headers = effect.status, {}
+                        body = json.dumps({"error": f"status {effect.status} injected by a local AWS fault"}).encode()
+                    else:
+                        status, headers, body = process.invoke(raw, forwarded)
+                except OSError as exc:
+                    status, headers = 503, {}
+                    body = json.dumps({"error": f"model container unreachable: {exc}"}).encode()
+        except Refused as refused:  # before any model saw it: no invocation metrics
+            return _error(refused.status, refused.code, refused.message)
         latency_us = (time.perf_counter() - started) * 1e6
         _publish(self.current_account, self.region, name, variant, status, latency_us)
         if status != 200:
-            return _error(424, "ModelError", f"Received client error ({status}) from primary with message "
+            container = headers.get(containers.FAILED_CONTAINER_HEADER, "primary")
+            kind = "client" if 400 <= status < 500 else "server"
+            return _error(424, "ModelError", f"Received {kind} error ({status}) from {container} with message "
                           f"\"{body.decode(errors='replace')}\"", {"OriginalStatusCode": status,
                                                                    "OriginalMessage": body.decode(errors="replace")})
         return 200, {"Content-Type": headers.get("Content-Type", "application/json"),
@@ -244,6 +270,7 @@ def install(hosting: Hosting) -> None:
     runtime_responses.SageMakerRuntimeResponse.invoke_endpoint = invoke_endpoint
     # Image bodies are binary: moto would decode every body as UTF-8 and answer 500.
     runtime_responses.SageMakerRuntimeResponse.use_raw_body = True
+    async_inference.install(hosting)  # after DeleteEndpoint above: it wraps it
 
 
 def _error(status: int, code: str, message: str, extra: dict | None = None):

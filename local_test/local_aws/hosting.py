@@ -3,11 +3,14 @@
 Each production variant of an endpoint runs `local_test/serve_local.sh` (the serving
 image's entry command: Docker where a daemon answers, else .venv) on its model's data,
 fetched from the local S3. Requests are routed by the variants' current weights, or to
-`TargetVariant`, exactly as SageMaker routes them.
+`TargetVariant`, exactly as SageMaker routes them. A variant of a multi-container model
+(containers.py) or a serverless one (serverless.py) is started from a spec with its own
+`start`: it has the same interface (identity, wait_ready, invoke, drain, stop, alive).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -20,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_LOCAL = REPO / "local_test" / "serve_local.sh"
@@ -42,56 +46,61 @@ def free_port() -> int:
             return port
 
 
+class Refused(Exception):
+    """An invocation the endpoint refuses before any model sees it: the AWS error to answer."""
+
+    def __init__(self, code: str, status: int, message: str):
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+
 def identity(model_name: str, model_data: bytes, environment: dict[str, str]) -> tuple:
     return model_name, hashlib.sha256(model_data).hexdigest(), tuple(sorted(environment.items()))
 
 
-class VariantProcess:
-    """One `serve` process for one model (a variant's single instance)."""
+def wait_for_ping(what: str, process: subprocess.Popen, port: int, log_path: Path, deadline: float) -> str | None:
+    """None once /ping on `port` says 200; else why not: `what` exited (with its log's
+    `serve: error:` lines or last lines), or did not answer by the monotonic `deadline`."""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            reason = [line for line in lines if line.startswith("serve: error:")] or lines[-3:]
+            return f"{what} exited with {process.returncode}: " + " | ".join(reason)
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/ping")
+            if connection.getresponse().status == 200:
+                return None
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return f"{what} did not pass the ping health check within {READY_TIMEOUT_S} s"
 
-    def __init__(self, model_name: str, model_data: bytes, work: Path, environment: dict[str, str]):
-        self.model_name = model_name
-        self.identity = identity(model_name, model_data, environment)
-        self.dir = work / f"{model_name}-{os.urandom(4).hex()}"
-        (self.dir / "model").mkdir(parents=True)
-        (self.dir / "model" / "model.tar.gz").write_bytes(model_data)
-        self.port = free_port()
-        self.log_path = self.dir / "serve.log"
+
+def post_invocation(port: int, body: bytes, headers: dict, timeout: float) -> tuple[int, dict, bytes]:
+    """POST /invocations to a container on `port`: (status, headers, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", "/invocations", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+class Draining:
+    """A variant's requests in flight, counted so that it drains before it stops."""
+
+    def __init__(self) -> None:
         self.in_flight, self.counting = 0, threading.Lock()
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
-                [str(SERVE_LOCAL), str(self.dir / "model"), str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **environment},
-            )
 
-    def wait_ready(self) -> str | None:
-        """None once /ping says 200; else why not (the process's last log lines)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                lines = self.log_path.read_text().strip().splitlines()
-                reason = [line for line in lines if line.startswith("serve: error:")] or lines[-3:]
-                return f"serve for model {self.model_name} exited with {self.process.returncode}: " + " | ".join(reason)
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/ping")
-                if connection.getresponse().status == 200:
-                    return None
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return f"serve for model {self.model_name} not ready within {READY_TIMEOUT_S} s"
-
-    def invoke(self, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
         with self.counting:
             self.in_flight += 1
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=70)
         try:
-            connection.request("POST", "/invocations", body=body, headers=headers)
-            response = connection.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
+            yield
         finally:
-            connection.close()
             with self.counting:
                 self.in_flight -= 1
 
@@ -103,6 +112,37 @@ class VariantProcess:
             if self.in_flight:
                 quiet_since = time.monotonic()
             time.sleep(0.05)
+
+
+class VariantProcess(Draining):
+    """One `serve` process for one model (a variant's single instance)."""
+
+    def __init__(self, model_name: str, model_data: bytes, work: Path, environment: dict[str, str]):
+        super().__init__()
+        self.model_name = model_name
+        self.identity = identity(model_name, model_data, environment)
+        self.dir = work / f"{model_name}-{os.urandom(4).hex()}"
+        (self.dir / "model").mkdir(parents=True)
+        (self.dir / "model" / "model.tar.gz").write_bytes(model_data)
+        self.port = free_port()
+        self.log_path = self.dir / "serve.log"
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [str(SERVE_LOCAL), str(self.dir / "model"), str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **environment},
+            )
+
+    def wait_ready(self) -> str | None:
+        """None once /ping says 200; else why not (the process's last log lines)."""
+        return wait_for_ping(f"serve for model {self.model_name}", self.process, self.port, self.log_path,
+                             time.monotonic() + READY_TIMEOUT_S)
+
+    def invoke(self, body: bytes, headers: dict, timeout: float = 70) -> tuple[int, dict, bytes]:
+        with self.counted():
+            return post_invocation(self.port, body, headers, timeout)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def stop(self) -> None:
         self.drain()
@@ -147,10 +187,11 @@ class Hosting:
         self.endpoints: dict[str, HostedEndpoint] = {}
         self.lock = threading.Lock()
 
-    def start_variants(self, models: dict[str, tuple[str, bytes, dict]],
+    def start_variants(self, models: dict[str, tuple[str, bytes, dict] | Any],
                        keep_from: str | None = None) -> tuple[dict[str, VariantProcess], str | None]:
         """Start one process per variant ({variant: (model name, model data, container
-        environment)}) and wait until all are ready; on failure stop the started ones and say why.
+        environment)}, or a spec with `identity` and `start(work, aws_env)`) and wait until
+        all are ready; on failure stop the started ones and say why.
 
         With `keep_from`, a variant that endpoint already runs with the same model and
         environment keeps its live process: SageMaker would replace the instance, which
@@ -158,13 +199,14 @@ class Hosting:
         """
         with self.lock:
             running = self.endpoints.get(keep_from, HostedEndpoint()).variants if keep_from else {}
-        models = {variant: (name, data, {**self.aws_env, **environment})
-                  for variant, (name, data, environment) in models.items()}
+        models = {variant: (model[0], model[1], {**self.aws_env, **model[2]}) if isinstance(model, tuple) else model
+                  for variant, model in models.items()}
         kept = {variant: running[variant] for variant, model in models.items()
-                if variant in running and running[variant].identity == identity(*model)
-                and running[variant].process.poll() is None}
-        started = {variant: VariantProcess(name, data, self.work, environment)
-                   for variant, (name, data, environment) in models.items() if variant not in kept}
+                if variant in running and running[variant].alive() and running[variant].identity == (
+                    identity(*model) if isinstance(model, tuple) else model.identity)}
+        started = {variant: VariantProcess(model[0], model[1], self.work, model[2]) if isinstance(model, tuple)
+                   else model.start(self.work, self.aws_env)
+                   for variant, model in models.items() if variant not in kept}
         failures = [reason for p in started.values() if (reason := p.wait_ready())]
         if failures:
             stop_all(started.values())
