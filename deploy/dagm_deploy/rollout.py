@@ -69,17 +69,19 @@ class Rollout:
             if latest.package != self.o.package:
                 self.say(f"the registry changed meanwhile: deploying {latest.package} instead")
             self.o = latest
-        self.ensure_model()
         described = self.endpoint.describe()
         if described is None:
+            self.ensure_model()
             self.create()
             return
+        # Refusals before the model is made: a refused deploy leaves nothing behind.
         if described["EndpointStatus"] != "InService":
             raise Refused(f"the endpoint is {described['EndpointStatus']}: another update is in progress")
         live_mode = modes.of_config(self.sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"]))
         if live_mode != self.o.mode.name:
             raise Refused(f"the endpoint is {live_mode}; a {self.o.mode.name} model needs an endpoint of its own "
                           f"(another --endpoint, or `dagm-deploy delete` first)")
+        self.ensure_model()
         self.endpoint.delete_quietly(self.alarms.delete, names=self.alarms.own())
         if self.o.strategy == "guardrails":
             guardrails.roll(self, described, lock)
