@@ -60,6 +60,10 @@ def wait_for_object(url: str, bucket: str, key: str, timeout: float = 120) -> by
     (["--serverless-memory", "2048", "--before-container", "crop:1"], "serverless endpoints cannot run inference pipelines"),
     (["--async-output", "s3://bucket/out", "--strategy", "guardrails"], "guardrails is for real-time endpoints"),
     (["--async-output", "s3://bucket/out", "--async-success-topic", "topic"], "expected an SNS topic ARN"),
+    (["--capture-percent", "20"], "--capture-percent needs --capture-uri"),
+    (["--capture-uri", "s3://bucket/c", "--capture-percent", "101"], "--capture-percent 101: expected 0 to 100"),
+    (["--capture-uri", "s3://bucket/c", "--no-capture"], "contradict each other"),
+    (["--capture-uri", "s3://bucket/c", "--serverless-memory", "2048"], "serverless endpoints cannot capture data"),
 ])
 def test_a_bad_mode_is_refused_before_anything_is_made(local_aws, flags, message):
     result = deploy(local_aws, "never-made", "v1", "s3://dagm-models/x/model.tar.gz", *flags)
@@ -223,3 +227,42 @@ def test_a_pipeline_around_the_serving_image_is_deployed_and_rolled(local_aws, m
     (variant,) = status["variants"]
     assert variant["pipeline"] == [CROP_IMAGE, "dagm-defects-serve:1", REJECT_IMAGE]
     assert variant["model_data"] == model_uris["other"]
+
+
+def capture_of(url: str, endpoint: str) -> dict | None:
+    sagemaker = aws_client(url, "sagemaker")
+    live = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    return sagemaker.describe_endpoint_config(EndpointConfigName=live).get("DataCaptureConfig")
+
+
+def test_data_capture_is_kept_through_rollouts_and_rollbacks_until_stopped(local_aws, model_uris, tmp_path):
+    aws_client(local_aws, "s3").create_bucket(Bucket="dagm-capture")
+    first = deploy(local_aws, "watched", "c1", model_uris["good"], "--capture-uri", "s3://dagm-capture/live",
+                   "--capture-percent", "100")
+    assert first.returncode == 0, first.stdout + first.stderr
+    wanted = {"EnableCapture": True, "InitialSamplingPercentage": 100, "DestinationS3Uri": "s3://dagm-capture/live",
+              "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+              "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
+    assert capture_of(local_aws, "watched") == wanted
+
+    # A rollout without capture flags (what retraining runs) keeps it, canary config included.
+    sagemaker = aws_client(local_aws, "sagemaker")
+    second = deploy(local_aws, "watched", "c2", model_uris["other"])
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert capture_of(local_aws, "watched") == wanted
+    # A candidate refused by its pre-traffic check once the canary config runs: the
+    # config the rollback restores keeps it too.
+    nonsense = tmp_path / "nonsense.png"
+    nonsense.write_bytes(b"not a png")
+    refused = deploy(local_aws, "watched", "c3", model_uris["good"], "--samples", str(nonsense))
+    assert refused.returncode == 1 and "rolled back" in refused.stderr, refused.stderr
+    assert sagemaker.describe_endpoint(EndpointName="watched")["EndpointConfigName"] == "watched-v-c2-restored"
+    assert variants_of(local_aws, "watched") == {"v-c2": 1.0}
+    assert capture_of(local_aws, "watched") == wanted
+    status = json.loads(run(local_aws, *DEPLOY, "status", "--endpoint", "watched").stdout)
+    assert status["capture"] == wanted
+    # --no-capture stops it with the next model.
+    stopped = deploy(local_aws, "watched", "c4", model_uris["good"], "--no-capture")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not capture_of(local_aws, "watched")  # absent (moto answers {})
+    assert sagemaker.describe_endpoint(EndpointName="watched")["EndpointStatus"] == "InService"

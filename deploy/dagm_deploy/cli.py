@@ -9,6 +9,7 @@
          [--async-error-topic ARN] [--async-max-concurrency N]]
         [--serverless-memory MB [--serverless-max-concurrency N] [--serverless-provisioned N]]
         [--before-container IMAGE ...] [--after-container IMAGE ...]
+        [--capture-uri s3://... [--capture-percent N] | --no-capture]
     dagm-deploy status|rollback|delete --endpoint E
     dagm-deploy unlock --endpoint E --owner OWNER
     dagm-deploy autoscale --endpoint E --variant V --min N --max M
@@ -25,7 +26,8 @@ stale event all converge on it; a version that already serves is left as it is.
 Serving modes (modes.py): --async-output makes the endpoint asynchronous,
 --serverless-memory serverless, --before/--after-container an inference pipeline
 around the serving image. An endpoint keeps its mode: a model of another mode is
-refused, exit 1, naming both.
+refused, exit 1, naming both. --capture-uri captures requests and answers (data
+capture); a deploy without it keeps what the endpoint captures, --no-capture stops it.
 
 (also `python -m dagm_deploy ...`). boto3 alone; AWS_ENDPOINT_URL points it at the
 local AWS (`make local-aws`). How a rollout goes and how it ends safe: rollout.py and

@@ -13,7 +13,7 @@ from dagm_deploy.errors import Refused
 VARIANT_FIELDS = ("VariantName", "ModelName", "InstanceType", "InitialInstanceCount", "ServerlessConfig")
 # What a config holds beside its variants that every config of the endpoint keeps: the
 # canary, final and restored configs of an asynchronous endpoint stay asynchronous.
-ENDPOINT_FIELDS = ("AsyncInferenceConfig",)
+ENDPOINT_FIELDS = ("AsyncInferenceConfig", "DataCaptureConfig")
 
 
 def missing(error: ClientError) -> bool:

@@ -34,7 +34,7 @@ def routing(steps: list[int], bake_seconds: float) -> dict:
 def roll(rollout: Rollout, described: dict, lock: Lock) -> None:
     o, endpoint = rollout.o, rollout.endpoint
     old_models = {v["ModelName"] for v in endpoint.config_variants(described["EndpointConfigName"])}
-    final = endpoint.create_config(o.config("final"), [rollout.new_variant(1.0)])
+    final = rollout.create_config(o.config("final"), [rollout.new_variant(1.0)])
     traffic = routing(o.steps, o.bake_seconds)
     alarms = rollout.alarms.create(o.variant, o.latency_ms, o.alarm_period)
     rollout.say(f"blue/green update to {o.variant}: {traffic['Type']} over steps {o.steps}")

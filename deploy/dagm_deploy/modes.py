@@ -11,6 +11,10 @@ containers its model chains (an inference pipeline). Parsed once from the comman
   check or alarm (rollout.py).
 - A pipeline (`--before-container`, `--after-container`): the model's Containers run in
   that order around the serving image; each container's answer is the next one's request.
+- Data capture (`--capture-uri`, `--capture-percent`): the endpoint's requests and answers,
+  sampled, as SageMaker's DataCaptureConfig writes them to S3. A deploy without these flags
+  keeps what the endpoint captures now (a retraining rollout must not stop the monitor's
+  input); `--no-capture` stops it.
 """
 
 from __future__ import annotations
@@ -63,19 +67,40 @@ class Serverless:
 
 
 @dataclass(frozen=True)
+class DataCapture:
+    destination: str
+    percent: int = 100
+
+    def config(self) -> dict:
+        # JSON answers are kept as text, so a monitor reads them without decoding; images
+        # are base64, as SageMaker stores every other type.
+        return {"EnableCapture": True, "InitialSamplingPercentage": self.percent, "DestinationS3Uri": self.destination,
+                "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+                "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
+
+
+# What to capture: a new DataCaptureConfig, none, or (KEEP) the endpoint's current one.
+KEEP = "keep"
+
+
+@dataclass(frozen=True)
 class Mode:
     asynchronous: AsyncInference | None = None
     serverless: Serverless | None = None
     before: list[str] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
+    capture: DataCapture | None | str = KEEP
 
     @property
     def name(self) -> str:
         return "asynchronous" if self.asynchronous else "serverless" if self.serverless else "real-time"
 
-    def endpoint_config(self) -> dict:
-        """What the endpoint config holds beside its variants."""
-        return {"AsyncInferenceConfig": self.asynchronous.config()} if self.asynchronous else {}
+    def endpoint_config(self, live_capture: dict | None = None) -> dict:
+        """What the endpoint config holds beside its variants; `live_capture`: the
+        DataCaptureConfig the endpoint has now, kept unless told otherwise."""
+        config = {"AsyncInferenceConfig": self.asynchronous.config()} if self.asynchronous else {}
+        capture = live_capture if self.capture == KEEP else self.capture.config() if self.capture else None
+        return {**config, "DataCaptureConfig": capture} if capture else config
 
     def model_env(self) -> dict[str, str]:
         return {"DAGM_ASYNC_INFERENCE": "true"} if self.asynchronous else {}
@@ -93,6 +118,9 @@ def add_arguments(deploy: argparse.ArgumentParser) -> None:
                        f"({', '.join(map(str, SERVERLESS_MEMORY_MB))})")
     group.add_argument("--serverless-max-concurrency", type=int, default=5, help="1-200 (default 5)")
     group.add_argument("--serverless-provisioned", type=int, help="provisioned concurrency (1 to the maximum)")
+    group.add_argument("--capture-uri", help="s3:// prefix where the endpoint's requests and answers are captured")
+    group.add_argument("--capture-percent", type=int, help="percent of requests captured (default 100)")
+    group.add_argument("--no-capture", action="store_true", help="stop capturing (default: keep what the endpoint does)")
     group.add_argument("--before-container", action="append", default=[], metavar="IMAGE",
                        help="a container that runs before the serving image (an inference pipeline); repeatable")
     group.add_argument("--after-container", action="append", default=[], metavar="IMAGE",
@@ -140,7 +168,23 @@ def from_args(args: argparse.Namespace) -> Mode:
             raise Refused(f"container image {image!r}: expected an image URI")
     if len(pipeline) + 1 > 15:
         raise Refused(f"{len(pipeline) + 1} containers: an inference pipeline holds at most 15")
-    return Mode(asynchronous, serverless, list(args.before_container), list(args.after_container))
+    capture: DataCapture | None | str = KEEP
+    if args.capture_uri is not None:
+        if args.no_capture:
+            raise Refused("--capture-uri and --no-capture contradict each other")
+        if not _S3_URI.match(args.capture_uri):
+            raise Refused(f"--capture-uri {args.capture_uri!r}: expected an s3:// URI")
+        percent = 100 if args.capture_percent is None else args.capture_percent
+        if not 0 <= percent <= 100:
+            raise Refused(f"--capture-percent {percent}: expected 0 to 100")
+        if serverless:
+            raise Refused("serverless endpoints cannot capture data (SageMaker's serverless exclusions)")
+        capture = DataCapture(args.capture_uri, percent)
+    elif args.capture_percent is not None:
+        raise Refused("--capture-percent needs --capture-uri")
+    elif args.no_capture:
+        capture = None
+    return Mode(asynchronous, serverless, list(args.before_container), list(args.after_container), capture)
 
 
 def of_config(config: dict) -> str:

@@ -43,6 +43,8 @@ class Rollout:
         self.say = self.endpoint.say
         self.alarms = Alarms(o.endpoint)
         self.update_timeout = update_timeout
+        # The endpoint's DataCaptureConfig when the rollout began (kept unless told otherwise).
+        self.live_capture: dict | None = None
 
     # -- entry -----------------------------------------------------------------------
     def run(self) -> None:
@@ -81,6 +83,7 @@ class Rollout:
         if live_mode != self.o.mode.name:
             raise Refused(f"the endpoint is {live_mode}; a {self.o.mode.name} model needs an endpoint of its own "
                           f"(another --endpoint, or `dagm-deploy delete` first)")
+        self.live_capture = self.endpoint.config_extras(described["EndpointConfigName"]).get("DataCaptureConfig")
         self.ensure_model()
         self.endpoint.delete_quietly(self.alarms.delete, names=self.alarms.own())
         if self.o.strategy == "guardrails":
@@ -98,7 +101,7 @@ class Rollout:
         return {"VariantName": o.variant, "ModelName": o.model, **where, "InitialVariantWeight": weight}
 
     def create_config(self, name: str, variants: list[dict]) -> str:
-        return self.endpoint.create_config(name, variants, self.o.mode.endpoint_config())
+        return self.endpoint.create_config(name, variants, self.o.mode.endpoint_config(self.live_capture))
 
     def ensure_model(self) -> None:
         o = self.o

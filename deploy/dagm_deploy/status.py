@@ -35,6 +35,8 @@ def status(endpoint: Endpoint, lock_table: str | None = None) -> dict:
               "variants": variants}
     if config.get("AsyncInferenceConfig"):
         report["async"] = config["AsyncInferenceConfig"]
+    if config.get("DataCaptureConfig"):
+        report["capture"] = config["DataCaptureConfig"]
     if lock_table:
         report["lock"] = held_lock(lock_table, endpoint.name)
     return report
