@@ -1,15 +1,17 @@
 """Create deploy/pipeline.yml's event-driven resources on the local AWS, from the template:
-retraining on new profiles, and deploying what is approved in the model registry.
+retraining on new profiles, deploying what is approved in the model registry, and the
+hourly capture monitor.
 
     AWS_ENDPOINT_URL=http://127.0.0.1:4566 .venv/bin/python local_test/retraining_stack.py \\
         --bucket dagm-data --endpoint dagm --topic SNS_ARN [--role ARN] [--hosting-role ARN] \\
         [--training-image dagm-defects-train:latest] [--parameter Name=Value ...] \
         [--variable NAME=VALUE ...] [--alarm-period 300]
 
-The data bucket's EventBridge notifications, the RetrainProject and DeployProject CodeBuild
-projects (their buildspecs and every environment variable as the template computes it
-from the parameters), the RetrainOnProfile, RetrainOnDrift and DeployOnApproval rules with
-their targets, the model package group and the DriftAlarm: what a `cloudformation deploy`
+The data bucket's EventBridge notifications, the RetrainProject, DeployProject and
+MonitorProject CodeBuild projects (their buildspecs and every environment variable as the
+template computes it from the parameters), the RetrainOnProfile, RetrainOnDrift,
+DeployOnApproval and MonitorSchedule rules with their targets, the model package group,
+the DriftAlarm and the CapturedDriftAlarm: what a `cloudformation deploy`
 of the stack would create for them, with the stack's bucket, topic, role and training
 repository given on the command line (the local AWS has no CloudFormation). Then dropping
 a profile under the profiles prefix runs the whole flow (dagm-retrain), which registers
@@ -99,15 +101,19 @@ def create(args: argparse.Namespace) -> dict:
     parameters = dict(item.split("=", 1) for item in args.parameter)
     codebuild, events, cloudwatch = boto3.client("codebuild"), boto3.client("events"), boto3.client("cloudwatch")
     prefix = parameters.get("ProjectName", template["Parameters"]["ProjectName"]["Default"])
-    alarm_name = f"{parameters.get('EndpointName', args.endpoint)}-input-drift"
+    endpoint = parameters.get("EndpointName", args.endpoint)
+    alarm_arn = f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{endpoint}"
     resources = {
         "DataBucket": args.bucket, "NotificationTopic": args.topic,
         "TrainingExecutionRole.Arn": args.role, "HostingExecutionRole.Arn": args.hosting_role or args.role,
         "TrainRepository.RepositoryUri": args.training_image, "RetrainEventsRole.Arn": args.role,
         "RetrainRole.Arn": args.role, "DeployRole.Arn": args.role, "DeployEventsRole.Arn": args.role,
+        "MonitorRole.Arn": args.role, "MonitorEventsRole.Arn": args.role,
+        "MonitorProject.Arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{prefix}-monitor",
+        "CapturedDriftAlarm.Arn": f"{alarm_arn}-captured-drift",
         "RetrainProject.Arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{prefix}-retrain",
         "DeployProject.Arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{prefix}-deploy",
-        "DriftAlarm.Arn": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{alarm_name}",
+        "DriftAlarm.Arn": f"{alarm_arn}-input-drift",
     }
     stack = Stack(template, {"EndpointName": args.endpoint, **parameters}, resources)
     # The deploy lock's table, by the template's name (dagm-deploy creates it when missing).
@@ -122,25 +128,31 @@ def create(args: argparse.Namespace) -> dict:
         Bucket=args.bucket, NotificationConfiguration={"EventBridgeConfiguration": {}})
     overrides = dict(item.split("=", 1) for item in args.variable)
     projects = {name: make_project(codebuild, stack.properties(name), overrides, args.role)
-                for name in ("RetrainProject", "DeployProject")}
+                for name in ("RetrainProject", "DeployProject", "MonitorProject")}
     unknown = set(overrides) - {key for variables in projects.values() for key in variables}
     if unknown:
         raise SystemExit(f"retraining_stack: no project has the variable(s) {', '.join(sorted(unknown))}")
+    for alarm_resource in ("DriftAlarm", "CapturedDriftAlarm"):
+        alarm = stack.properties(alarm_resource)
+        alarm.pop("AlarmActions")  # the topic hears from retrain.py itself; the local AWS sends no alarm actions
+        if args.alarm_period and alarm_resource == "DriftAlarm":
+            alarm.update(Period=args.alarm_period, EvaluationPeriods=1)
+        cloudwatch.put_metric_alarm(**{**alarm, "Threshold": float(alarm["Threshold"])})
     alarm = stack.properties("DriftAlarm")
-    alarm.pop("AlarmActions")  # the topic hears from retrain.py itself; the local AWS sends no alarm actions
-    if args.alarm_period:
-        alarm.update(Period=args.alarm_period, EvaluationPeriods=1)
-    cloudwatch.put_metric_alarm(**{**alarm, "Threshold": float(alarm["Threshold"])})
     rules = {}
-    for rule_name in ("RetrainOnProfile", "RetrainOnDrift", "DeployOnApproval"):
+    for rule_name in ("RetrainOnProfile", "RetrainOnDrift", "DeployOnApproval", "MonitorSchedule"):
         rule = stack.properties(rule_name)
-        events.put_rule(Name=rule_name, EventPattern=json.dumps(rule["EventPattern"]), Description=rule["Description"])
+        when = ({"ScheduleExpression": rule["ScheduleExpression"]} if "ScheduleExpression" in rule
+                else {"EventPattern": json.dumps(rule["EventPattern"])})
+        events.put_rule(Name=rule_name, Description=rule["Description"], **when)
         events.put_targets(Rule=rule_name, Targets=rule["Targets"])
-        rules[rule_name] = rule["EventPattern"]
+        rules[rule_name] = rule.get("EventPattern") or rule["ScheduleExpression"]
     return {"bucket": args.bucket, "project": stack.properties("RetrainProject")["Name"],
             "deploy_project": stack.properties("DeployProject")["Name"], "model_package_group": group["ModelPackageGroupName"],
-            "alarm": alarm["AlarmName"], "rules": rules, "environment": projects["RetrainProject"],
-            "deploy_environment": projects["DeployProject"]}
+            "monitor_project": stack.properties("MonitorProject")["Name"],
+            "alarm": alarm["AlarmName"], "captured_alarm": stack.properties("CapturedDriftAlarm")["AlarmName"],
+            "rules": rules, "environment": projects["RetrainProject"],
+            "deploy_environment": projects["DeployProject"], "monitor_environment": projects["MonitorProject"]}
 
 
 def make_project(codebuild, project: dict, overrides: dict[str, str], role: str) -> dict[str, str]:

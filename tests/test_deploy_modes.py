@@ -5,15 +5,21 @@ pipeline around the serving image; an endpoint keeps its mode."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from conftest import aws_client, npy, png, upload
+from conftest import aws_client, aws_env, model_tarball, npy, png, upload
 from test_deploy import DEPLOY, FAST, ROLE, Load, run, variants_of
+from test_drift import split_images
 from test_local_aws_pipeline import CROP_IMAGE, CROP_PROGRAM, REJECT_IMAGE, REJECT_PROGRAM, register_image
 
 pytestmark = pytest.mark.slow
@@ -28,8 +34,6 @@ def deploy(url: str, endpoint: str, version: str, model_data: str, *extra: str, 
 
 @pytest.fixture(scope="module")
 def model_uris(trained_job, untrained_model, local_aws) -> dict[str, str]:
-    from conftest import model_tarball
-
     return {"good": upload(local_aws, "modes/good/model.tar.gz", model_tarball(trained_job.model_dir)),
             "other": upload(local_aws, "modes/other/model.tar.gz", model_tarball(untrained_model)),
             "broken": upload(local_aws, "modes/broken/model.tar.gz", b"not a tarball")}
@@ -266,3 +270,105 @@ def test_data_capture_is_kept_through_rollouts_and_rollbacks_until_stopped(local
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not capture_of(local_aws, "watched")  # absent (moto answers {})
     assert sagemaker.describe_endpoint(EndpointName="watched")["EndpointStatus"] == "InService"
+
+
+class Traffic(threading.Thread):
+    """Clients posting the dataset's test images in turn; every failure kept."""
+
+    def __init__(self, url: str, endpoint: str, images: list[bytes]):
+        super().__init__()
+        self.runtime, self.endpoint, self.images = aws_client(url, "sagemaker-runtime"), endpoint, images
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for body in itertools.cycle(self.images):
+            if self.stop.is_set():
+                return
+            try:
+                json.loads(self.runtime.invoke_endpoint(EndpointName=self.endpoint, ContentType="image/png",
+                                                        Body=body)["Body"].read())["predictions"]
+            except Exception as exc:  # every kind of failure counts
+                self.failures.append(repr(exc))
+
+    def __enter__(self) -> "Traffic":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.join()
+
+
+@pytest.fixture(scope="module")
+def shadow_world(local_aws, trained_job, tiny_dataset, tmp_path_factory) -> dict:
+    aws_client(local_aws, "s3").create_bucket(Bucket="dagm-shadow")
+    careless = tmp_path_factory.mktemp("careless") / "model"
+    shutil.copytree(trained_job.model_dir, careless)
+    metadata = json.loads((careless / "model.json").read_text())
+    # A threshold no score reaches: a careless candidate that misses every defect.
+    (careless / "model.json").write_text(json.dumps({**metadata, "threshold": 1.0}))
+    images = [png(image) for per_class in split_images(tiny_dataset, "Test").values() for image in per_class]
+    return {"good": upload(local_aws, "shadow/good/model.tar.gz", model_tarball(trained_job.model_dir)),
+            "careless": upload(local_aws, "shadow/careless/model.tar.gz", model_tarball(careless)),
+            "images": images}
+
+
+def live_config(url: str, endpoint: str) -> dict:
+    sagemaker = aws_client(url, "sagemaker")
+    return sagemaker.describe_endpoint_config(
+        EndpointConfigName=sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"])
+
+
+def test_a_shadow_test_refuses_a_broken_threshold_and_promotes_a_good_candidate(local_aws, shadow_world):
+    capture = ["--capture-uri", "s3://dagm-shadow/capture", "--capture-percent", "20"]
+    assert deploy(local_aws, "shadowed", "sh1", shadow_world["good"], *capture).returncode == 0
+    shadowing = ["--shadow-requests", "12", "--max-disagreement", "0.1", "--shadow-timeout", "90"]
+    with Traffic(local_aws, "shadowed", shadow_world["images"]) as traffic:
+        careless = deploy(local_aws, "shadowed", "sh2", shadow_world["careless"], *shadowing)
+        assert careless.returncode == 1, careless.stdout + careless.stderr
+        assert "shadow test refused v-sh2: disagreement" in careless.stderr
+        report = json.loads(careless.stdout.split("shadow test: ", 2)[-1].splitlines()[0])
+        assert report["pairs"] >= 12 and report["disagreement"] > 0.1 and report["verdict"] == "refused"
+        assert variants_of(local_aws, "shadowed") == {"v-sh1": 1.0}
+        assert not live_config(local_aws, "shadowed").get("ShadowProductionVariants")
+        assert models_named(local_aws, "shadowed-") == {"shadowed-sh1"}
+
+        good = deploy(local_aws, "shadowed", "sh3", shadow_world["good"], *shadowing)
+        assert good.returncode == 0, good.stdout + good.stderr
+    assert traffic.failures == []
+    report = json.loads(good.stdout.split("shadow test: ", 2)[-1].splitlines()[0])
+    assert report["pairs"] >= 12 and report["disagreement"] == 0.0 and report["verdict"] == "promoted"
+    assert report["score_correlation"] == pytest.approx(1.0)
+    assert variants_of(local_aws, "shadowed") == {"v-sh3": 1.0}
+    config = live_config(local_aws, "shadowed")
+    assert not config.get("ShadowProductionVariants")
+    assert config["DataCaptureConfig"]["InitialSamplingPercentage"] == 20  # the endpoint's own capture again
+
+
+def test_a_hanging_shadow_fails_no_client_and_sigterm_leaves_production_alone(local_aws, shadow_world, faults):
+    capture = ["--capture-uri", "s3://dagm-shadow/capture-2"]
+    assert deploy(local_aws, "shadow-safe", "ss1", shadow_world["good"], *capture).returncode == 0
+    faults.add(endpoint="shadow-safe", variant="v-ss2", hang=True)
+    with Traffic(local_aws, "shadow-safe", shadow_world["images"]) as traffic:
+        hung = deploy(local_aws, "shadow-safe", "ss2", shadow_world["good"], "--shadow-requests", "5",
+                      "--shadow-timeout", "8")
+    assert hung.returncode == 1 and "the shadow answered 0 of 5 requests" in hung.stderr, hung.stderr
+    assert traffic.failures == []
+    assert variants_of(local_aws, "shadow-safe") == {"v-ss1": 1.0}
+
+    process = subprocess.Popen(
+        [*DEPLOY, "deploy", "--endpoint", "shadow-safe", "--image", "dagm-defects-serve:1", "--model-data",
+         shadow_world["good"], "--role", ROLE, "--version", "ss3", *FAST, "--shadow-requests", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=aws_env(local_aws))
+    deadline = time.monotonic() + 120
+    while not live_config(local_aws, "shadow-safe").get("ShadowProductionVariants"):
+        assert time.monotonic() < deadline and process.poll() is None, "the shadow phase never began"
+        time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 143, out + err
+    assert "during the shadow test: the endpoint is back on v-ss1 alone" in err
+    assert variants_of(local_aws, "shadow-safe") == {"v-ss1": 1.0}
+    assert not live_config(local_aws, "shadow-safe").get("ShadowProductionVariants")
+    assert models_named(local_aws, "shadow-safe-") == {"shadow-safe-ss1"}

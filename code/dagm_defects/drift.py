@@ -49,6 +49,8 @@ class Reference:
 
     means: np.ndarray
     stds: np.ndarray
+    # The trained class of each row ("overall" for the whole training set's figures).
+    names: tuple[str, ...] = ()
 
     @classmethod
     def from_training(cls, training_statistics: dict) -> "Reference | None":
@@ -56,21 +58,25 @@ class Reference:
         ValueError naming the problem when they are malformed."""
         if not isinstance(training_statistics, dict):
             raise ValueError(f"training_statistics in model.json is a {type(training_statistics).__name__}, not an object")
-        groups = list((training_statistics.get("per_class") or {}).values())
-        if not groups and training_statistics.get("overall"):
-            groups = [training_statistics["overall"]]
+        named = list((training_statistics.get("per_class") or {}).items())
+        if not named and training_statistics.get("overall"):
+            named = [("overall", training_statistics["overall"])]
         try:
-            usable = [g for g in groups if min(int(g[name]["n"]) for name in STATISTICS) >= 2]
-            means = [[float(g[name]["mean"]) for name in STATISTICS] for g in usable]
-            stds = [[float(g[name]["std"]) for name in STATISTICS] for g in usable]
+            usable = [(str(k), g) for k, g in named if min(int(g[name]["n"]) for name in STATISTICS) >= 2]
+            means = [[float(g[name]["mean"]) for name in STATISTICS] for _, g in usable]
+            stds = [[float(g[name]["std"]) for name in STATISTICS] for _, g in usable]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed training_statistics in model.json ({type(exc).__name__}: {exc})") from None
         if not usable:
             return None
-        return cls(np.array(means), np.maximum(np.array(stds), MIN_STD))
+        return cls(np.array(means), np.maximum(np.array(stds), MIN_STD), tuple(name for name, _ in usable))
 
     def distances(self, statistics: dict[str, np.ndarray]) -> np.ndarray:
         """Each image's drift distance (see the module's docstring)."""
+        return self.nearest(statistics)[0]
+
+    def nearest(self, statistics: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """Each image's drift distance and the trained class it lies nearest to."""
         values = np.stack([statistics[name] for name in STATISTICS], axis=1)
-        deviations = np.abs(values[:, None, :] - self.means[None]) / self.stds[None]
-        return np.minimum(deviations.max(axis=2).min(axis=1), MAX_DISTANCE)
+        by_class = (np.abs(values[:, None, :] - self.means[None]) / self.stds[None]).max(axis=2)
+        return np.minimum(by_class.min(axis=1), MAX_DISTANCE), [self.names[i] for i in by_class.argmin(axis=1)]

@@ -10,6 +10,7 @@
         [--serverless-memory MB [--serverless-max-concurrency N] [--serverless-provisioned N]]
         [--before-container IMAGE ...] [--after-container IMAGE ...]
         [--capture-uri s3://... [--capture-percent N] | --no-capture]
+        [--shadow-requests N [--max-disagreement F] [--shadow-timeout S]]
     dagm-deploy status|rollback|delete --endpoint E
     dagm-deploy unlock --endpoint E --owner OWNER
     dagm-deploy autoscale --endpoint E --variant V --min N --max M
@@ -28,6 +29,8 @@ Serving modes (modes.py): --async-output makes the endpoint asynchronous,
 around the serving image. An endpoint keeps its mode: a model of another mode is
 refused, exit 1, naming both. --capture-uri captures requests and answers (data
 capture); a deploy without it keeps what the endpoint captures, --no-capture stops it.
+--shadow-requests first runs the candidate as a shadow variant and refuses it when its
+verdicts disagree with production's on more than --max-disagreement of them (shadow.py).
 
 (also `python -m dagm_deploy ...`). boto3 alone; AWS_ENDPOINT_URL points it at the
 local AWS (`make local-aws`). How a rollout goes and how it ends safe: rollout.py and

@@ -15,6 +15,14 @@ nearest trained class. `drifted` means above --threshold; `strength` is none, mo
 or strong above twice the threshold. Exit 0 when no variant drifted, 1 when one did, 2
 when there is nothing to judge by (no traffic in the window, no training statistics) or
 AWS fails.
+
+    dagm-drift --endpoint E --capture s3://BUCKET/PREFIX [--report-uri s3://...] [--publish] ...
+
+judges the endpoint's data capture instead of the live metrics: the captured requests of
+the window, decoded and described as the serving workers describe them, in the same
+report (plus "source": "capture"); --report-uri writes Model Monitor's
+constraint_violations.json beside it, --publish puts the window's figures in
+CloudWatch (DAGM/Monitor). See dagm_deploy.capture_monitor.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ class NoVerdict(Exception):
     """Why there is nothing to judge by."""
 
 
-def training_statistics(s3, model_data: str | None) -> dict:
+def model_metadata(s3, model_data: str | None) -> dict:
+    """model.json of the variant's model.tar.gz ({} when it is no JSON object)."""
     bucket, key = split(model_data or "")
     archive = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -52,7 +61,13 @@ def training_statistics(s3, model_data: str | None) -> dict:
         if member is None:
             raise NoVerdict(f"{model_data} holds no model.json")
         metadata = json.load(tar.extractfile(member))
-    statistics = (metadata if isinstance(metadata, dict) else {}).get("training_statistics") or {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def training_statistics(s3, model_data: str | None, metadata: dict | None = None) -> dict:
+    """The model's training statistics, checked; `metadata`: its model.json, when read already."""
+    metadata = model_metadata(s3, model_data) if metadata is None else metadata
+    statistics = metadata.get("training_statistics") or {}
     try:  # the overall figures are what each statistic is reported against
         if not isinstance(statistics, dict):
             raise ValueError("its training_statistics is not an object")
@@ -115,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", help="default: every variant of the endpoint")
     parser.add_argument("--minutes", type=int, default=60, help="how far back recent inputs go")
     parser.add_argument("--threshold", type=float, default=3.0, help="drift score (training standard deviations) that counts as drift")
+    parser.add_argument("--capture", metavar="S3_URI", help="judge the endpoint's data capture under this "
+                        "destination instead of the live metrics (dagm_deploy.capture_monitor)")
+    parser.add_argument("--report-uri", metavar="S3_URI", help="with --capture: write constraint_violations.json "
+                        "and the report under REPORT_URI/ENDPOINT/VARIANT/WINDOW_END/")
+    parser.add_argument("--publish", action="store_true", help="with --capture: publish the window's figures "
+                        "to CloudWatch (namespace DAGM/Monitor)")
     args = parser.parse_args(argv)
+    if (args.report_uri or args.publish) and not args.capture:
+        parser.error("--report-uri and --publish judge captures: give --capture")
     if not 1 <= args.minutes <= MAX_MINUTES:
         parser.error(f"--minutes {args.minutes}: expected 1 to {MAX_MINUTES}")
     if not args.threshold > 0:
@@ -125,8 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [v for v in variants if args.variant in (None, v["variant"])]
         if not chosen:
             raise NoVerdict(f"endpoint {args.endpoint} has no variant {args.variant}")
-        s3, cloudwatch = boto3.client("s3"), boto3.client("cloudwatch")
-        reports = [judge(args.endpoint, v, args.minutes, args.threshold, s3, cloudwatch) for v in chosen]
+        if args.capture:
+            from dagm_deploy import capture_monitor  # imported here: it builds on this module
+
+            reports = capture_monitor.monitor(args.endpoint, chosen, args.capture, args.minutes, args.threshold,
+                                              args.report_uri, args.publish)
+        else:
+            s3, cloudwatch = boto3.client("s3"), boto3.client("cloudwatch")
+            reports = [judge(args.endpoint, v, args.minutes, args.threshold, s3, cloudwatch) for v in chosen]
     except (NoVerdict, Refused) as reason:
         print(f"drift: cannot tell: {reason}", file=sys.stderr)
         return 2
@@ -138,4 +167,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as dagm_deploy.drift, not as a second copy named __main__: capture_monitor imports
+    # dagm_deploy.drift, and the NoVerdict it raises must be the one main() catches.
+    from dagm_deploy.drift import main as module_main
+
+    sys.exit(module_main())

@@ -79,6 +79,15 @@ class DataCapture:
                 "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
 
 
+@dataclass(frozen=True)
+class ShadowTest:
+    """How a candidate is judged as a shadow variant before its canary (shadow.py)."""
+
+    requests: int
+    max_disagreement: float = 0.05
+    timeout: float = 3600.0
+
+
 # What to capture: a new DataCaptureConfig, none, or (KEEP) the endpoint's current one.
 KEEP = "keep"
 
@@ -121,6 +130,12 @@ def add_arguments(deploy: argparse.ArgumentParser) -> None:
     group.add_argument("--capture-uri", help="s3:// prefix where the endpoint's requests and answers are captured")
     group.add_argument("--capture-percent", type=int, help="percent of requests captured (default 100)")
     group.add_argument("--no-capture", action="store_true", help="stop capturing (default: keep what the endpoint does)")
+    group.add_argument("--shadow-requests", type=int,
+                       help="first test the candidate as a shadow variant on this many requests (shadow.py)")
+    group.add_argument("--max-disagreement", type=float, default=0.05,
+                       help="share of defective verdicts the shadow may differ on (default 0.05)")
+    group.add_argument("--shadow-timeout", type=float, default=3600,
+                       help="seconds the shadow has to answer --shadow-requests requests (default 3600)")
     group.add_argument("--before-container", action="append", default=[], metavar="IMAGE",
                        help="a container that runs before the serving image (an inference pipeline); repeatable")
     group.add_argument("--after-container", action="append", default=[], metavar="IMAGE",

@@ -60,6 +60,8 @@ class Options:
     package_group: str | None = None
     # Real-time, asynchronous or serverless, and the containers around the serving image.
     mode: modes.Mode = field(default_factory=modes.Mode)
+    # Before the canary: the candidate as a shadow variant, judged by agreement (shadow.py).
+    shadow: modes.ShadowTest | None = None
 
     @property
     def model(self) -> str:
@@ -120,6 +122,15 @@ def from_args(args: argparse.Namespace) -> Options:
     mode = modes.from_args(args)
     if args.strategy == "guardrails" and mode.name != "real-time":
         raise Refused(f"--strategy guardrails is for real-time endpoints, not {mode.name} ones")
+    shadow = None
+    if args.shadow_requests is not None:
+        if mode.name != "real-time" or args.strategy == "guardrails":
+            raise Refused(f"--shadow-requests: shadow tests are for real-time endpoints with --strategy variants "
+                          f"(SageMaker has no shadow variants for {mode.name} endpoints)")
+        if args.shadow_requests < 1 or not 0 <= args.max_disagreement <= 1 or not args.shadow_timeout > 0:
+            raise Refused("--shadow-requests must be at least 1, --max-disagreement from 0 to 1, "
+                          "--shadow-timeout above 0")
+        shadow = modes.ShadowTest(args.shadow_requests, args.max_disagreement, args.shadow_timeout)
     if (mode.before or mode.after) and not args.image:
         raise Refused("--before-container/--after-container need the serving image as --image with --model-data")
     model_env = {**mode.model_env(), **model_env}
@@ -131,4 +142,4 @@ def from_args(args: argparse.Namespace) -> Options:
                    [a for a in args.alarms.split(",") if a], samples or [sample_png()], args.latency_ms,
                    args.alarm_period, args.strategy, model_env, args.poll_seconds, args.check_timeout,
                    args.lock_table, args.lease_seconds, args.lock_wait, args.model_package, args.model_package_group,
-                   mode)
+                   mode, shadow)

@@ -23,7 +23,7 @@ import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dagm_deploy import aws, guardrails, modes, registry, signals
+from dagm_deploy import aws, guardrails, modes, registry, shadow, signals
 from dagm_deploy.alarms import Alarms
 from dagm_deploy.endpoint import VARIANT_FIELDS, Endpoint
 from dagm_deploy.errors import Interrupted, Refused, cause, exit_code
@@ -84,6 +84,9 @@ class Rollout:
             raise Refused(f"the endpoint is {live_mode}; a {self.o.mode.name} model needs an endpoint of its own "
                           f"(another --endpoint, or `dagm-deploy delete` first)")
         self.live_capture = self.endpoint.config_extras(described["EndpointConfigName"]).get("DataCaptureConfig")
+        if self.o.shadow and not self.o.mode.endpoint_config(self.live_capture).get("DataCaptureConfig"):
+            raise Refused("--shadow-requests compares captured answers: the endpoint captures nothing "
+                          "(give --capture-uri)")
         self.ensure_model()
         self.endpoint.delete_quietly(self.alarms.delete, names=self.alarms.own())
         if self.o.strategy == "guardrails":
@@ -99,6 +102,9 @@ class Rollout:
         where = ({"ServerlessConfig": o.mode.serverless.config()} if o.mode.serverless
                  else {"InstanceType": o.instance_type, "InitialInstanceCount": o.instance_count})
         return {"VariantName": o.variant, "ModelName": o.model, **where, "InitialVariantWeight": weight}
+
+    def s3(self):
+        return aws.control("s3")
 
     def create_config(self, name: str, variants: list[dict]) -> str:
         return self.endpoint.create_config(name, variants, self.o.mode.endpoint_config(self.live_capture))
@@ -182,6 +188,8 @@ class Rollout:
         old = {k: v for k, v in others[0].items() if k in VARIANT_FIELDS}
         canary, final = self.o.config("canary"), self.o.config("final")
         alarms: list[str] = []
+        if self.o.shadow:  # refused: back on the old variant alone, and Refused raised
+            shadow.run(self, old, self.o.mode.endpoint_config(self.live_capture)["DataCaptureConfig"], lock, self.o.shadow)
         try:
             self.create_config(canary, [{**old, "InitialVariantWeight": 1.0}, self.new_variant(0.0)])
             if described["EndpointConfigName"] != canary:
@@ -204,7 +212,7 @@ class Rollout:
         self.say(f"done: {variant} serves all traffic")
         with signals.shielded("cleaning up after the rollout"):
             self.endpoint.delete_quietly(self.alarms.delete, names=alarms)
-            for name in {described["EndpointConfigName"], canary} - {final}:
+            for name in {described["EndpointConfigName"], canary, self.o.config("shadow")} - {final}:
                 self.endpoint.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=name)
             if old["ModelName"] != self.o.model:
                 self.endpoint.delete_quietly(self.sm.delete_model, ModelName=old["ModelName"])

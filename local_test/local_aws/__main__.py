@@ -18,7 +18,7 @@ from pathlib import Path
 
 from moto.server import ThreadedMotoServer
 
-from local_aws import alarms, builds
+from local_aws import alarms, builds, schedules
 from local_aws.extensions import install
 from local_aws.hosting import Hosting
 
@@ -50,6 +50,7 @@ def main() -> int:
 
     stop = threading.Event()
     alarms.start(stop)
+    schedules.start(stop)  # after builds.install: scheduled rules' targets start builds
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()

@@ -50,6 +50,8 @@ asynchronous endpoints"):
   InvocationFailures with EndpointName and VariantName per processed request. The async
   page says Invocations, InvocationsPerInstance and OverheadLatency are not published for
   async endpoints, so they are not published here either.
+- Data capture: a request a variant answers with 200 is sampled per the endpoint's
+  DataCaptureConfig like an InvokeEndpoint (capture.py), with its InferenceId.
 - DeleteEndpoint (and the local AWS stopping) closes the queue: requests still waiting
   fail with a failure object and an ErrorTopic notification, in-flight ones get their
   answer while the processes drain, and the workers end.
@@ -88,7 +90,7 @@ from moto.sagemaker import models as sagemaker_models
 from moto.sagemakerruntime import responses as runtime_responses
 from moto.sns.models import sns_backends
 
-from local_aws import faults
+from local_aws import capture, control, faults
 from local_aws import hosting as hosting_module
 from local_aws.hosting import Hosting
 
@@ -391,6 +393,8 @@ def _process(queue: EndpointQueue, request: Request) -> None:
                   f"\"{answer.decode(errors='replace')}\"")
         _finish_failed(queue, request, reason, (answer, content_type))
         return
+    capture.invoked(endpoint, request.account, request.region, variant, body, request.headers.get("Content-Type"),
+                    answer, content_type, request.inference_id)  # sampled per DataCaptureConfig (capture.py)
     problem = _write(request, request.output_location, answer, content_type)
     if problem:
         _finish_failed(queue, request, f"ClientError: could not write the output to {request.output_location}: "
@@ -582,7 +586,6 @@ def _close(queues: list[EndpointQueue]) -> None:
 # The control API.
 
 def _control(environ: dict, start_response) -> list[bytes]:
-    from werkzeug.http import HTTP_STATUS_CODES
 
     method = environ.get("REQUEST_METHOD", "GET")
     status, value = 200, None
@@ -598,27 +601,11 @@ def _control(environ: dict, start_response) -> list[bytes]:
             status, value = 400, {"error": f"send {{\"queue_size\": N}}: {exc}"}
     elif method != "GET":
         status, value = 405, {"error": f"{method} {CONTROL_PATH}: use GET or PUT"}
-    data = json.dumps(value if value is not None else QUEUES.state()).encode()
-    start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}",
-                   [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+    return control.answer(start_response, status, value if value is not None else QUEUES.state())
 
 
 def _install_control() -> None:
-    from moto.moto_server import werkzeug_app
-
-    dispatcher = werkzeug_app.DomainDispatcherApplication
-    if getattr(dispatcher, "_local_aws_async", False):
-        return
-    original = dispatcher.__call__
-
-    def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO", "").rstrip("/") == CONTROL_PATH:
-            return _control(environ, start_response)
-        return original(self, environ, start_response)
-
-    dispatcher.__call__ = __call__
-    dispatcher._local_aws_async = True
+    control.mount(CONTROL_PATH, _control)
 
 
 def install(hosting: Hosting) -> None:

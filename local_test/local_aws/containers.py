@@ -72,6 +72,7 @@ from moto.sagemaker import models as sagemaker_models
 from moto.sagemaker import responses as sagemaker_responses
 from moto.sagemaker.exceptions import ValidationError
 
+from local_aws import control
 from local_aws.hosting import READY_TIMEOUT_S, SERVE_LOCAL, Draining, Refused, free_port, post_invocation, stop_all, wait_for_ping
 
 CONTROL_PATH = "/_local_aws/images"
@@ -305,15 +306,10 @@ def check_model(primary: dict | None, containers: list[dict] | None, execution: 
 # The control API for image programs.
 
 def _control(environ: dict, start_response) -> list[bytes]:
-    from werkzeug.http import HTTP_STATUS_CODES
-
     method = environ.get("REQUEST_METHOD", "GET")
 
     def answer(status: int, value: Any) -> list[bytes]:
-        body = json.dumps(value).encode()
-        start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
+        return control.answer(start_response, status, value)
 
     if environ.get("PATH_INFO", "").rstrip("/") != CONTROL_PATH:
         return answer(404, {"error": "no such call"})
@@ -342,21 +338,7 @@ def _control(environ: dict, start_response) -> list[bytes]:
 
 
 def _install_control() -> None:
-    from moto.moto_server import werkzeug_app
-
-    dispatcher = werkzeug_app.DomainDispatcherApplication
-    if getattr(dispatcher, "_local_aws_images", False):
-        return
-    original = dispatcher.__call__
-
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        if path == CONTROL_PATH or path.startswith(CONTROL_PATH + "/"):
-            return _control(environ, start_response)
-        return original(self, environ, start_response)
-
-    dispatcher.__call__ = __call__
-    dispatcher._local_aws_images = True
+    control.mount(CONTROL_PATH, _control)
 
 
 def install() -> None:

@@ -25,6 +25,12 @@
   container's error is a ModelError naming the container.
 - Serverless variants (serverless.py): started on demand (cold starts publish
   ModelSetupTime), stopped when idle, MaxConcurrency and the 4 MB payload enforced.
+- Data capture (capture.py): DataCaptureConfig validated, DescribeEndpoint's summary, and
+  sampled InvokeEndpoint / InvokeEndpointAsync requests and answers written to S3 as
+  SageMaker's JSON lines by a background thread, per the endpoint's current config.
+- Shadow variants (shadow.py): ShadowProductionVariants validated and described, the shadow's
+  process run with the endpoint, sampled copies of requests sent to it in the background
+  (never delaying a client), its answers captured and its metrics published.
 - Training jobs really run (training.py).
 - Variant weights: moto drops an `InitialVariantWeight` of 0 (a canary's starting point)
   and has no default; here 0 stays 0 and an absent weight is 1.0.
@@ -40,6 +46,7 @@ import contextvars
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 from moto.cloudwatch.models import cloudwatch_backends
@@ -49,7 +56,8 @@ from moto.sagemaker import responses as sagemaker_responses
 from moto.sagemaker.exceptions import ValidationError
 from moto.sagemakerruntime import responses as runtime_responses
 
-from local_aws import async_inference, containers, faults, guardrails, registry, serverless, training
+from local_aws import async_inference, capture, containers, faults, guardrails, registry, serverless, shadow, training
+from local_aws import hosting as hosting_module
 from local_aws.hosting import Hosting, Refused
 
 # CreateTrainingJob's Environment, from the request handler to the backend that starts the job.
@@ -100,7 +108,7 @@ def _bring_up(backend, hosting: Hosting, endpoint, config_name: str, on_ready, o
             models = {v["VariantName"]: serverless.spec(backend, endpoint.endpoint_name, v, containers.pipeline_spec(
                 backend, v["ModelName"]) or (v["ModelName"], _model_data(backend, v["ModelName"]),
                                              _model_environment(backend, v["ModelName"])))
-                for v in config["ProductionVariants"]}
+                for v in [*config["ProductionVariants"], *shadow.config_shadows(config)]}
         except Exception as exc:  # a missing model or S3 object: the endpoint says why
             on_failure(f"{type(exc).__name__}: {exc}")
             return
@@ -131,7 +139,8 @@ def install(hosting: Hosting) -> None:
         endpoint.endpoint_status = "Creating"
 
         def ready(processes, config):
-            hosting.replace(endpoint_name, processes, _weights(config))
+            live, shadows = shadow.split(processes, config)
+            hosting.replace(endpoint_name, live, _weights(config), shadows)
             endpoint.endpoint_status = "InService"
 
         def failed(reason):
@@ -151,9 +160,12 @@ def install(hosting: Hosting) -> None:
         endpoint.endpoint_status, endpoint.failure_reason = "Updating", None
 
         def take_over(processes, config):
-            hosting.replace(endpoint_name, processes, _weights(config))
+            live, shadows = shadow.split(processes, config)
+            hosting.replace(endpoint_name, live, _weights(config), shadows)
             endpoint.endpoint_config_name = endpoint_config_name
             endpoint.production_variants = _variants(config["ProductionVariants"])
+            shadow.described(endpoint, config, _variants)
+            endpoint.data_capture_config = config.get("DataCaptureConfig") or {}  # moto kept the first config's
             endpoint.endpoint_status = "InService"
 
         def failed(reason):
@@ -165,8 +177,14 @@ def install(hosting: Hosting) -> None:
             if not blue_green:
                 take_over(processes, config)
                 return
-            guardrails.run(hosting, endpoint_name, processes, _weights(config), deployment_config, self.account_id,
-                           self.region_name, lambda: take_over(processes, config), failed)
+            live, shadows = shadow.split(processes, config)
+
+            def rolled_back(reason):  # the green fleet's shadow is no endpoint's: stop it too
+                hosting_module.stop_all(shadows.values())
+                failed(reason)
+
+            guardrails.run(hosting, endpoint_name, live, _weights(config), deployment_config, self.account_id,
+                           self.region_name, lambda: take_over(processes, config), rolled_back)
 
         # A blue/green fleet is wholly new: rolling it back stops every process in it.
         _bring_up(self, hosting, endpoint, endpoint_config_name, ready, failed, keep_running=not blue_green)
@@ -258,19 +276,27 @@ def install(hosting: Hosting) -> None:
             return _error(refused.status, refused.code, refused.message)
         latency_us = (time.perf_counter() - started) * 1e6
         _publish(self.current_account, self.region, name, variant, status, latency_us)
+        event_id, inference_id = str(uuid.uuid4()), self.headers.get(capture.INFERENCE_ID_HEADER)
+        # A copy for the shadow variant, if any (shadow.py): queued, never waited for.
+        shadow.mirror(hosting, endpoint, self.current_account, self.region, raw, forwarded,
+                      self.headers.get("Content-Type"), inference_id, event_id)
         if status != 200:
             container = headers.get(containers.FAILED_CONTAINER_HEADER, "primary")
             kind = "client" if 400 <= status < 500 else "server"
             return _error(424, "ModelError", f"Received {kind} error ({status}) from {container} with message "
                           f"\"{body.decode(errors='replace')}\"", {"OriginalStatusCode": status,
                                                                    "OriginalMessage": body.decode(errors="replace")})
-        return 200, {"Content-Type": headers.get("Content-Type", "application/json"),
-                     "x-Amzn-Invoked-Production-Variant": variant}, body
+        answer_type = headers.get("Content-Type", "application/json")
+        capture.invoked(endpoint, self.current_account, self.region, variant, raw, self.headers.get("Content-Type"),
+                        body, answer_type, inference_id, event_id)
+        return 200, {"Content-Type": answer_type, "x-Amzn-Invoked-Production-Variant": variant}, body
 
     runtime_responses.SageMakerRuntimeResponse.invoke_endpoint = invoke_endpoint
     # Image bodies are binary: moto would decode every body as UTF-8 and answer 500.
     runtime_responses.SageMakerRuntimeResponse.use_raw_body = True
     async_inference.install(hosting)  # after DeleteEndpoint above: it wraps it
+    capture.install(hosting)  # after async_inference: its DeleteEndpoint flushes last
+    shadow.install(hosting, _variants, _publish)  # after capture: its shutdown stops the copies first
 
 
 def _error(status: int, code: str, message: str, extra: dict | None = None):

@@ -26,7 +26,10 @@ AWS request:
     skip      let the first N matching calls through (default 0)
     times     fire N times, then stop firing (default 1; 0 or null: forever)
 
-At least one of error / delay_s. botocore retries throttling and 5xx errors (and read
+At least one of error / delay_s. The local AWS's own in-process S3 writes made for an
+endpoint (its data capture: capture.py) are matched too, as service "s3", action
+"PutObject" and endpoint = the endpoint's name (`internal_call`): a fault naming the
+endpoint fails those writes and no client's S3 call. botocore retries throttling and 5xx errors (and read
 time-outs) by itself: legacy mode makes up to 5 attempts, standard mode 3, and a client
 with Config(retries={"max_attempts": 1}) 2 (that key counts retries, not attempts). Each
 attempt is a matching call, so a fault with times=1 is absorbed by the retry; to see the
@@ -226,6 +229,30 @@ class VariantEffect:
 
 def variant_effect(endpoint: str, variant: str) -> VariantEffect:
     return VariantEffect(REGISTRY.variant_faults(endpoint, variant))
+
+
+class InjectedFault(Exception):
+    """An API fault fired on an in-process call (`internal_call`)."""
+
+    def __init__(self, code: str, status: int, message: str):
+        super().__init__(f"{code} ({status}): {message}")
+        self.code, self.status = code, status
+
+
+def internal_call(service: str, action: str, endpoint: str | None = None) -> None:
+    """The API faults that match an AWS call the local AWS makes in-process (no HTTP request
+    for the middleware to see): sleep their delays, raise InjectedFault for an error."""
+    if not REGISTRY.has_api_faults():
+        return
+    firing = REGISTRY.api_faults({"service": service, "action": action, "endpoint": endpoint})
+    for fault in firing:
+        if fault.spec.get("delay_s"):
+            time.sleep(fault.spec["delay_s"])
+    error = next((f for f in firing if "error" in f.spec), None)
+    if error is not None:
+        code = error.spec["error"]
+        raise InjectedFault(code, error.spec["status"],
+                            error.spec.get("message") or f"{code} injected by local AWS fault {error.id}")
 
 
 # The request side: which call a request is, and the error in its protocol's wire format.

@@ -176,6 +176,8 @@ class HostedEndpoint:
     green: dict[str, VariantProcess] = field(default_factory=dict)
     green_weights: dict[str, float] = field(default_factory=dict)
     green_share: float = 0.0
+    # Shadow variants (shadow.py): never routed to, sent copies of requests by their worker.
+    shadows: dict[str, VariantProcess] = field(default_factory=dict)
 
 
 class Hosting:
@@ -198,7 +200,8 @@ class Hosting:
         clients cannot tell apart, and a server start is the slowest step of a local update.
         """
         with self.lock:
-            running = self.endpoints.get(keep_from, HostedEndpoint()).variants if keep_from else {}
+            hosted = self.endpoints.get(keep_from, HostedEndpoint()) if keep_from else HostedEndpoint()
+            running = {**hosted.shadows, **hosted.variants}
         models = {variant: (model[0], model[1], {**self.aws_env, **model[2]}) if isinstance(model, tuple) else model
                   for variant, model in models.items()}
         kept = {variant: running[variant] for variant, model in models.items()
@@ -213,12 +216,22 @@ class Hosting:
             return {}, "; ".join(failures)
         return {variant: kept.get(variant) or started[variant] for variant in models}, None
 
-    def replace(self, endpoint: str, variants: dict[str, VariantProcess], weights: dict[str, float]) -> None:
-        """Make `variants` the endpoint's processes; stop the ones no longer used."""
+    def replace(self, endpoint: str, variants: dict[str, VariantProcess], weights: dict[str, float],
+                shadows: dict[str, VariantProcess] | None = None) -> None:
+        """Make `variants` (and `shadows`) the endpoint's processes; stop the ones no longer used."""
+        shadows = shadows or {}
         with self.lock:
-            old = self.endpoints.get(endpoint, HostedEndpoint()).variants
-            self.endpoints[endpoint] = HostedEndpoint(variants, weights)
-        stop_all(p for name, p in old.items() if variants.get(name) is not p)
+            hosted = self.endpoints.get(endpoint, HostedEndpoint())
+            old = [*hosted.variants.values(), *hosted.shadows.values()]
+            self.endpoints[endpoint] = HostedEndpoint(variants, weights, shadows=shadows)
+        kept = {id(p) for p in (*variants.values(), *shadows.values())}
+        stop_all(p for p in old if id(p) not in kept)
+
+    def shadow(self, endpoint: str) -> tuple[str, VariantProcess] | None:
+        """The endpoint's shadow variant (name, process), if it has one now."""
+        with self.lock:
+            hosted = self.endpoints.get(endpoint)
+            return next(iter(hosted.shadows.items()), None) if hosted else None
 
     def shift(self, endpoint: str, green: dict[str, VariantProcess], weights: dict[str, float], share: float) -> None:
         """Send `share` (0..1) of the endpoint's traffic to the green fleet."""
@@ -260,4 +273,4 @@ class Hosting:
     def shutdown(self) -> None:
         with self.lock:
             hosted, self.endpoints = list(self.endpoints.values()), {}
-        stop_all([p for h in hosted for p in (*h.variants.values(), *h.green.values())])
+        stop_all([p for h in hosted for p in (*h.variants.values(), *h.green.values(), *h.shadows.values())])

@@ -1,0 +1,44 @@
+"""The local AWS's own control APIs (/_local_aws/...), beside moto's routes.
+
+Tests steer what AWS does not let a client steer (the images programs stand for, the
+async queue's size, firing a schedule now) through small JSON APIs at their own paths;
+`mount` routes a path and everything under it to its WSGI handler, ahead of moto.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+_ROUTES: dict[str, Callable] = {}
+
+
+def mount(path: str, handler: Callable) -> None:
+    """Serve `path` (and `path/...`) with `handler(environ, start_response)`."""
+    from moto.moto_server import werkzeug_app
+
+    _ROUTES[path.rstrip("/")] = handler
+    dispatcher = werkzeug_app.DomainDispatcherApplication
+    if getattr(dispatcher, "_local_aws_control", False):
+        return
+    original = dispatcher.__call__
+
+    def __call__(self, environ, start_response):
+        path_info = environ.get("PATH_INFO", "").rstrip("/")
+        for route, route_handler in _ROUTES.items():
+            if path_info == route or path_info.startswith(route + "/"):
+                return route_handler(environ, start_response)
+        return original(self, environ, start_response)
+
+    dispatcher.__call__ = __call__
+    dispatcher._local_aws_control = True
+
+
+def answer(start_response, status: int, value) -> list[bytes]:
+    """A control API's JSON answer."""
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    body = json.dumps(value).encode()
+    start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}",
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
