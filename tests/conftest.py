@@ -283,6 +283,16 @@ def local_aws(tmp_path_factory):
         yield url
 
 
+def endpoint_in_service(url: str, name: str, timeout: float = 120) -> dict:
+    """The endpoint once InService; fails at once if it goes anywhere but Creating/Updating."""
+    sagemaker = aws_client(url, "sagemaker")
+    deadline = time.monotonic() + timeout
+    while (described := sagemaker.describe_endpoint(EndpointName=name))["EndpointStatus"] != "InService":
+        assert described["EndpointStatus"] in ("Creating", "Updating") and time.monotonic() < deadline, described
+        time.sleep(0.1)
+    return described
+
+
 def processes_tagged(name: str, value: str) -> list:
     """The live processes whose environment holds `name`=`value` (a model's Environment
     reaches its serve processes: how a test finds an endpoint's)."""

@@ -23,7 +23,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import aws_client as client
-from conftest import model_tarball, noise_png, png, upload
+from conftest import endpoint_in_service, model_tarball, noise_png, png, upload
 
 pytestmark = pytest.mark.slow
 
@@ -55,20 +55,11 @@ def make_config(url: str, name: str, capture: dict | None, validate: bool = True
     return name
 
 
-def wait_in_service(url: str, name: str = ENDPOINT, timeout: float = 120) -> dict:
-    sagemaker = client(url, "sagemaker")
-    deadline = time.monotonic() + timeout
-    while (described := sagemaker.describe_endpoint(EndpointName=name))["EndpointStatus"] != "InService":
-        assert described["EndpointStatus"] in ("Creating", "Updating") and time.monotonic() < deadline, described
-        time.sleep(0.1)
-    return described
-
-
 def switch(url: str, config: str, name: str = ENDPOINT) -> dict:
     """UpdateEndpoint to `config` and wait until it is the endpoint's current config."""
     client(url, "sagemaker").update_endpoint(EndpointName=name, EndpointConfigName=config)
     time.sleep(0.05)
-    described = wait_in_service(url, name)
+    described = endpoint_in_service(url, name)
     assert described["EndpointConfigName"] == config and "FailureReason" not in described, described
     return described
 
@@ -82,7 +73,7 @@ def endpoint(local_aws, trained_job) -> str:
     client(local_aws, "s3").create_bucket(Bucket=BUCKET)
     make_config(local_aws, "capture-none", None)
     sagemaker.create_endpoint(EndpointName=ENDPOINT, EndpointConfigName="capture-none")
-    wait_in_service(local_aws)
+    endpoint_in_service(local_aws, ENDPOINT)
     return ENDPOINT
 
 
@@ -273,7 +264,7 @@ def test_failed_capture_writes_lose_captures_not_requests_nor_latency(local_aws,
     for name in (ENDPOINT, other):
         faults.add(service="s3", action="PutObject", endpoint=name, error="InternalError", delay_s=0.2, times=0)
     client(local_aws, "sagemaker").create_endpoint(EndpointName=other, EndpointConfigName="capture-none")
-    wait_in_service(local_aws, other)
+    endpoint_in_service(local_aws, other)
     runtime = client(local_aws, "sagemaker-runtime")
     started = time.time()
     captured, failed, rounds = {ENDPOINT: 0, other: 0}, 0, []

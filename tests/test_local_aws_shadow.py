@@ -17,7 +17,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ONCE, model_tarball, noise_png, processes_tagged, upload
+from conftest import ONCE, endpoint_in_service, model_tarball, noise_png, processes_tagged, upload
 from conftest import aws_client as client
 
 pytestmark = pytest.mark.slow
@@ -32,15 +32,6 @@ FLUSH_S = 2.0  # capture.py's default flush interval
 def variant(name: str, model: str, weight: float = 1.0) -> dict:
     return {"VariantName": name, "ModelName": model, "InitialVariantWeight": weight, "InitialInstanceCount": 1,
             "InstanceType": "ml.m5.large"}
-
-
-def wait_in_service(url: str, name: str, timeout: float = 120) -> dict:
-    sagemaker = client(url, "sagemaker")
-    deadline = time.monotonic() + timeout
-    while (described := sagemaker.describe_endpoint(EndpointName=name))["EndpointStatus"] != "InService":
-        assert described["EndpointStatus"] in ("Creating", "Updating") and time.monotonic() < deadline, described
-        time.sleep(0.1)
-    return described
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +51,7 @@ def endpoints(local_aws, trained_job, untrained_model) -> dict:
     sagemaker.create_endpoint_config(EndpointConfigName="solo", ProductionVariants=[variant(PROD, "shadow-prod")])
     sagemaker.create_endpoint(EndpointName="shadowed", EndpointConfigName="shadowed")
     sagemaker.create_endpoint(EndpointName="solo", EndpointConfigName="solo")
-    return {"shadowed": wait_in_service(local_aws, "shadowed"), "solo": wait_in_service(local_aws, "solo")}
+    return {"shadowed": endpoint_in_service(local_aws, "shadowed"), "solo": endpoint_in_service(local_aws, "solo")}
 
 
 def records(url: str, endpoint: str, variant_name: str) -> list[dict]:
@@ -245,7 +236,7 @@ def test_update_without_the_shadow_stops_it(local_aws, endpoints):
     production_captured = len(records(local_aws, "shadowed", PROD))
     sagemaker.update_endpoint(EndpointName="shadowed", EndpointConfigName="unshadowed")
     time.sleep(0.05)
-    described = wait_in_service(local_aws, "shadowed")
+    described = endpoint_in_service(local_aws, "shadowed")
     assert described["EndpointConfigName"] == "unshadowed" and "ShadowProductionVariants" not in described
     assert not processes_tagged(TAG, "shadow-cand")
     assert processes_tagged(TAG, "shadow-prod")  # production's process stays (same model)

@@ -46,6 +46,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 import boto3
 import numpy as np
@@ -195,6 +196,11 @@ class Window:
         self.distances.append(self.reference.distances(statistics))
         self.defective.extend(verdicts(captured.get("endpointOutput"), self.threshold, len(images)) or [])
 
+    def unreadable_line(self, reason: str) -> None:
+        """A line of a capture object that is no capture record."""
+        self.records += 1
+        self.unreadable(reason)
+
     def unreadable(self, reason: str) -> None:
         self.undecodable += 1
         if len(self.reasons) < REASONS:
@@ -206,16 +212,20 @@ class Window:
 
 
 def captured_records(s3, capture_uri: str, endpoint: str, variant: str, start: datetime, end: datetime,
-                     window: Window):
+                     unreadable: Callable[[str], None], read: set[str] | None = None):
     """The variant's capture records whose inference time lies in [start, end]; a line
-    that is no capture record is counted undecodable in `window`."""
+    that is no capture record goes to `unreadable`. With `read`, the capture objects named
+    there are skipped and the ones read are added: SageMaker never rewrites one, so a
+    caller polling the captures reads each once."""
     bucket, destination = split(capture_uri)
     paginator = s3.get_paginator("list_objects_v2")
     for prefix in hour_prefixes(destination, endpoint, variant, start, end):
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                if not item["Key"].endswith(".jsonl"):
+                if not item["Key"].endswith(".jsonl") or (read is not None and item["Key"] in read):
                     continue
+                if read is not None:
+                    read.add(item["Key"])
                 lines = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().splitlines()
                 for line in lines:
                     if not line.strip():
@@ -224,8 +234,7 @@ def captured_records(s3, capture_uri: str, endpoint: str, variant: str, start: d
                         record = json.loads(line)
                         when = inference_time(record)
                     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                        window.records += 1
-                        window.unreadable(f"{item['Key']}: not a capture record ({type(exc).__name__}: {exc})")
+                        unreadable(f"{item['Key']}: not a capture record ({type(exc).__name__}: {exc})")
                         continue
                     if start <= when <= end:
                         yield record
@@ -233,7 +242,7 @@ def captured_records(s3, capture_uri: str, endpoint: str, variant: str, start: d
 
 def read_window(s3, capture_uri: str, endpoint: str, window: Window, start: datetime, end: datetime,
                 variant: str) -> None:
-    for record in captured_records(s3, capture_uri, endpoint, variant, start, end, window):
+    for record in captured_records(s3, capture_uri, endpoint, variant, start, end, window.unreadable_line):
         window.add(record)
 
 

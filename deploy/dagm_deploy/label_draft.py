@@ -70,7 +70,7 @@ def candidates(s3, endpoint: str, variant: dict, capture_uri: str, start: dateti
         raise NoVerdict(f"the model in {variant['model_data']} carries no usable training statistics")
     size, threshold = ModelConfig.from_dict(metadata["model_config"]).image_size, float(metadata["threshold"])
     window, found = Window(size, threshold, reference), []
-    for record in captured_records(s3, capture_uri, endpoint, variant["variant"], start, end, window):
+    for record in captured_records(s3, capture_uri, endpoint, variant["variant"], start, end, window.unreadable_line):
         window.records += 1
         try:
             given = record["captureData"]["endpointInput"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -79,11 +80,12 @@ class Rollout:
         # Refusals before the model is made: a refused deploy leaves nothing behind.
         if described["EndpointStatus"] != "InService":
             raise Refused(f"the endpoint is {described['EndpointStatus']}: another update is in progress")
-        live_mode = modes.of_config(self.sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"]))
+        live = self.sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+        live_mode = modes.of_config(live)
         if live_mode != self.o.mode.name:
             raise Refused(f"the endpoint is {live_mode}; a {self.o.mode.name} model needs an endpoint of its own "
                           f"(another --endpoint, or `dagm-deploy delete` first)")
-        self.live_capture = self.endpoint.config_extras(described["EndpointConfigName"]).get("DataCaptureConfig")
+        self.live_capture = live.get("DataCaptureConfig") or None
         if self.o.shadow and not self.o.mode.endpoint_config(self.live_capture).get("DataCaptureConfig"):
             raise Refused("--shadow-requests compares captured answers: the endpoint captures nothing "
                           "(give --capture-uri)")
@@ -102,9 +104,6 @@ class Rollout:
         where = ({"ServerlessConfig": o.mode.serverless.config()} if o.mode.serverless
                  else {"InstanceType": o.instance_type, "InitialInstanceCount": o.instance_count})
         return {"VariantName": o.variant, "ModelName": o.model, **where, "InitialVariantWeight": weight}
-
-    def s3(self):
-        return aws.control("s3")
 
     def create_config(self, name: str, variants: list[dict]) -> str:
         return self.endpoint.create_config(name, variants, self.o.mode.endpoint_config(self.live_capture))
@@ -236,7 +235,7 @@ class Rollout:
             self.pre_traffic_check(target=False)
             self.bake(100, alarms, lock)
         except BaseException as stop:
-            self.put_back(stop, old_config, alarms)
+            self.abort(stop, alarms, lambda: self.restore_config(old_config))
         self.say(f"done: {variant} serves all traffic")
         with signals.shielded("cleaning up after the rollout"):
             self.endpoint.delete_quietly(self.alarms.delete, names=alarms)
@@ -244,41 +243,31 @@ class Rollout:
             for model in old_models - {self.o.model}:
                 self.endpoint.delete_quietly(self.sm.delete_model, ModelName=model)
 
-    def put_back(self, stop: BaseException, old_config: str, alarms: list[str]) -> None:
-        """`abort` for a replaced variant: the endpoint returns to `old_config`."""
+    def restore_config(self, config: str) -> str:
+        """The endpoint back on `config`, retried through AWS errors; where it ends."""
+
+        def restore() -> None:
+            live = self.endpoint.wait_in_service(deadline=time.monotonic() + self.update_timeout)
+            if live["EndpointConfigName"] != config:
+                self.say(f"rolling back: the endpoint returns to {config}")
+                self.endpoint.update(config, time.monotonic() + self.update_timeout)
+
+        aws.until(time.monotonic() + ROLLBACK_RETRY_SECONDS, restore, "restoring the old config", self.say)
+        return f"the endpoint is back on config {config}"
+
+    def abort(self, stop: BaseException, alarms: list[str], restore: Callable[[], str] | None = None) -> None:
+        """Roll back whatever stopped the rollout (`restore`: how, else the canary's rollback),
+        then raise Refused saying why and where the endpoint is now. Signals wait until the
+        rollback is over."""
         why = cause(stop)
         with signals.shielded("rolling back"):
             self.say(f"stopping: {why}")
-
-            def restore() -> None:
-                live = self.endpoint.wait_in_service(deadline=time.monotonic() + self.update_timeout)
-                if live["EndpointConfigName"] != old_config:
-                    self.say(f"rolling back: the endpoint returns to {old_config}")
-                    self.endpoint.update(old_config, time.monotonic() + self.update_timeout)
-
             try:
-                aws.until(time.monotonic() + ROLLBACK_RETRY_SECONDS, restore, "restoring the old config", self.say)
+                state = (restore or self.rollback)()
             except Exception as failure:
-                raise Refused(f"{why}; the rollback did not finish ({cause(failure)}): {self.state()}",
+                hint = "" if restore else f"; run `dagm-deploy rollback --endpoint {self.o.endpoint}`"
+                raise Refused(f"{why}; the rollback did not finish ({cause(failure)}): {self.state()}{hint}",
                               exit_code(stop)) from None
-            self.endpoint.delete_quietly(self.alarms.delete, names=alarms)
-            self.discard_candidate()
-        state = f"the endpoint is back on config {old_config}"
-        if isinstance(stop, Interrupted):
-            raise Refused(f"{why}: {state}", exit_code(stop)) from None
-        raise Refused(f"rolled back: {why} ({state})", exit_code(stop)) from None
-
-    def abort(self, stop: BaseException, alarms: list[str]) -> None:
-        """Roll back whatever stopped the rollout, then raise Refused saying why and where
-        the endpoint is now. Signals wait until the rollback is over."""
-        why = cause(stop)
-        with signals.shielded("rolling back"):
-            self.say(f"stopping: {why}")
-            try:
-                state = self.rollback()
-            except Exception as failure:
-                raise Refused(f"{why}; the rollback did not finish ({cause(failure)}): {self.state()}; "
-                              f"run `dagm-deploy rollback --endpoint {self.o.endpoint}`", exit_code(stop)) from None
             try:
                 self.endpoint.delete_quietly(self.alarms.delete, names=alarms)
                 self.discard_candidate()
@@ -295,7 +284,7 @@ class Rollout:
         """After a rollback: the rollout's configs and model, unless the endpoint runs them."""
         described = self.endpoint.describe()
         live = described["EndpointConfigName"] if described else None
-        for config in {self.o.config("canary"), self.o.config("final")} - {live}:
+        for config in {self.o.config("canary"), self.o.config("final"), self.o.config("shadow")} - {live}:
             self.endpoint.delete_quietly(self.sm.delete_endpoint_config, EndpointConfigName=config)
         if live is None or self.o.model not in {v["ModelName"] for v in self.endpoint.config_variants(live)}:
             self.endpoint.delete_quietly(self.sm.delete_model, ModelName=self.o.model)

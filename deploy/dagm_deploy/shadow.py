@@ -29,39 +29,39 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dagm_deploy import signals
-from dagm_deploy.capture_monitor import answers, hour_prefixes, inference_time
-from dagm_deploy.endpoint import VARIANT_FIELDS
+from dagm_deploy import aws, signals
+from dagm_deploy.capture_monitor import answers, captured_records
 from dagm_deploy.errors import Refused, cause, exit_code
 from dagm_deploy.lock import Lock
 from dagm_deploy.modes import ShadowTest
-from dagm_deploy.s3_objects import split
 
 if TYPE_CHECKING:
     from dagm_deploy.rollout import Rollout
 
 
-def captured_answers(s3, capture: dict, endpoint: str, variant: str, since: datetime) -> dict[str, list[dict]]:
-    """The variant's captured answers since `since`, by a digest of the request's body."""
-    bucket, destination = split(capture["DestinationS3Uri"])
-    found: dict[str, list[dict]] = {}
-    now = datetime.now(timezone.utc)
-    for prefix in hour_prefixes(destination, endpoint, variant, since, now):
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                for line in s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().splitlines():
-                    try:
-                        record = json.loads(line)
-                        if inference_time(record) < since:
-                            continue
-                        data = record["captureData"]
-                        predictions = answers(data.get("endpointOutput"), 1)
-                        body = data["endpointInput"]["data"]
-                    except (ValueError, KeyError, TypeError, AttributeError):
-                        continue
-                    if predictions:  # single-image answers with a score and a verdict
-                        found.setdefault(hashlib.sha256(str(body).encode()).hexdigest(), []).append(predictions[0])
-    return found
+class CapturedAnswers:
+    """A variant's captured single-image answers since `since`, by a digest of the request's
+    body; each poll reads only the capture objects written since the last."""
+
+    def __init__(self, s3, capture: dict, endpoint: str, variant: str, since: datetime):
+        self.s3, self.uri, self.endpoint, self.variant, self.since = s3, capture["DestinationS3Uri"], endpoint, variant, since
+        self.read: set[str] = set()
+        self.by_body: dict[str, list[dict]] = {}
+
+    def poll(self) -> dict[str, list[dict]]:
+        # A little past now: a record is in an object already written, and that object is read once.
+        until = datetime.now(timezone.utc) + timedelta(minutes=5)
+        for record in captured_records(self.s3, self.uri, self.endpoint, self.variant, self.since, until,
+                                       lambda reason: None, self.read):
+            try:
+                data = record["captureData"]
+                predictions = answers(data.get("endpointOutput"), 1)
+                body = data["endpointInput"]["data"]
+            except (KeyError, TypeError, AttributeError):
+                continue
+            if predictions:  # single-image answers with a score and a verdict
+                self.by_body.setdefault(hashlib.sha256(str(body).encode()).hexdigest(), []).append(predictions[0])
+        return self.by_body
 
 
 def pairs(production: dict[str, list[dict]], shadow: dict[str, list[dict]]) -> list[tuple[dict, dict]]:
@@ -78,7 +78,7 @@ def compare(paired: list[tuple[dict, dict]]) -> dict:
 
 
 def run(rollout: Rollout, old: dict, capture: dict, lock: Lock, test: ShadowTest) -> dict:
-    """Shadow the candidate beside `old` until the test is decided; the report. Refused,
+    """Shadow the candidate beside `old` (its VARIANT_FIELDS) until the test is decided; the report. Refused,
     with the endpoint back on `old` alone, when the candidate fails (or anything stops it)."""
     o, endpoint = rollout.o, rollout.endpoint
     config = o.config("shadow")
@@ -93,11 +93,12 @@ def run(rollout: Rollout, old: dict, capture: dict, lock: Lock, test: ShadowTest
             "ShadowProductionVariants": [rollout.new_variant(1.0)]})
         rollout.say(f"shadow test: {o.variant} beside {old['VariantName']} until {test.requests} requests are paired")
         endpoint.update(config, time.monotonic() + rollout.update_timeout)
-        deadline, s3 = time.monotonic() + test.timeout, rollout.s3()
+        deadline, s3 = time.monotonic() + test.timeout, aws.control("s3")
+        production, candidate = (CapturedAnswers(s3, capture, o.endpoint, name, started)
+                                 for name in (old["VariantName"], o.variant))
         while True:
             lock.check()
-            report.update(compare(pairs(captured_answers(s3, capture, o.endpoint, old["VariantName"], started),
-                                        captured_answers(s3, capture, o.endpoint, o.variant, started))))
+            report.update(compare(pairs(production.poll(), candidate.poll())))
             if report["pairs"] >= test.requests or time.monotonic() >= deadline:
                 break
             time.sleep(min(o.poll_seconds, 2.0))
@@ -112,10 +113,8 @@ def run(rollout: Rollout, old: dict, capture: dict, lock: Lock, test: ShadowTest
         raise Refused(f"shadow test refused {o.variant}: {why}")
     except BaseException as stop:
         with signals.shielded("ending the shadow test"):
-            endpoint.create_config(production_only, [{**{k: old[k] for k in VARIANT_FIELDS if k in old},
-                                                      "InitialVariantWeight": 1.0}], extras)
-            endpoint.update(production_only, time.monotonic() + rollout.update_timeout)
-            endpoint.delete_quietly(endpoint.sm.delete_endpoint_config, EndpointConfigName=config)
+            endpoint.create_config(production_only, [{**old, "InitialVariantWeight": 1.0}], extras)
+            rollout.restore_config(production_only)
             rollout.discard_candidate()
         if isinstance(stop, Refused):
             raise

@@ -591,8 +591,7 @@ def _control(environ: dict, start_response) -> list[bytes]:
     status, value = 200, None
     if method in ("PUT", "POST"):
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            body = control.read_json(environ, empty={})
             size = body["queue_size"]
             if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
                 raise ValueError(f"queue_size must be a whole number >= 0 or null, not {size!r}")

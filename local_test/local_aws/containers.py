@@ -55,7 +55,6 @@ Deliberate differences:
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import signal
@@ -323,8 +322,7 @@ def _control(environ: dict, start_response) -> list[bytes]:
         return answer(200, {"cleared": cleared})
     if method == "POST":
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            given = json.loads(environ["wsgi.input"].read(length) or b"null")
+            given = control.read_json(environ)
         except ValueError as exc:
             return answer(400, {"error": f"not JSON: {exc}"})
         if not (isinstance(given, dict) and set(given) == {"image", "command"} and isinstance(given["image"], str)

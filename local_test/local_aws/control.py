@@ -34,11 +34,22 @@ def mount(path: str, handler: Callable) -> None:
     dispatcher._local_aws_control = True
 
 
-def answer(start_response, status: int, value) -> list[bytes]:
-    """A control API's JSON answer."""
+def respond(start_response, status: int, headers: dict[str, str], body: bytes) -> list[bytes]:
+    """A WSGI answer with its status line and length."""
     from werkzeug.http import HTTP_STATUS_CODES
 
-    body = json.dumps(value).encode()
     start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}",
-                   [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+                   [*headers.items(), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def answer(start_response, status: int, value) -> list[bytes]:
+    """A control API's JSON answer."""
+    return respond(start_response, status, {"Content-Type": "application/json"}, json.dumps(value).encode())
+
+
+def read_json(environ: dict, empty=None):
+    """The request's JSON body (`empty` when there is none); ValueError when it is not JSON."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length)
+    return json.loads(body) if body else empty

@@ -58,6 +58,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from local_aws import control
+
 HANG_LIMIT_S = 300.0
 CONTROL_PATH = "/_local_aws/faults"
 _MAX_BODY = 1 << 20  # read bodies up to 1 MiB to find Action= or EndpointName
@@ -400,20 +402,12 @@ def error_response(call: dict[str, str | None], environ: dict, code: str, status
 
 # The WSGI side.
 
-def _respond(start_response, status: int, headers: dict[str, str], body: bytes) -> list[bytes]:
-    from werkzeug.http import HTTP_STATUS_CODES
-
-    start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}",
-                   [*headers.items(), ("Content-Length", str(len(body)))])
-    return [body]
-
-
 def _control(environ: dict, start_response) -> list[bytes]:
     method = environ.get("REQUEST_METHOD", "GET")
     rest = environ.get("PATH_INFO", "")[len(CONTROL_PATH):].strip("/")
 
     def answer(status: int, value: Any) -> list[bytes]:
-        return _respond(start_response, status, {"Content-Type": "application/json"}, json.dumps(value).encode())
+        return control.answer(start_response, status, value)
 
     if rest:
         if method != "DELETE" or not rest.isdigit():
@@ -426,8 +420,7 @@ def _control(environ: dict, start_response) -> list[bytes]:
         return answer(200, {"cleared": REGISTRY.remove()})
     if method == "POST":
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            return answer(201, REGISTRY.add(json.loads(environ["wsgi.input"].read(length) or b"null")))
+            return answer(201, REGISTRY.add(control.read_json(environ)))
         except (ValueError, FaultError) as exc:  # JSONDecodeError is a ValueError
             return answer(400, {"error": str(exc)})
     return answer(405, {"error": f"{method} {CONTROL_PATH}: use GET, POST or DELETE"})
@@ -452,7 +445,7 @@ def handle(environ: dict, start_response, app: Callable) -> Any:
     code, status = error.spec["error"], error.spec["status"]
     message = error.spec.get("message") or f"{code} injected by local AWS fault {error.id}"
     headers, body = error_response(call, environ, code, status, message)
-    return _respond(start_response, status, headers, body)
+    return control.respond(start_response, status, headers, body)
 
 
 def install() -> None:

@@ -88,6 +88,10 @@ def post_invocation(port: int, body: bytes, headers: dict, timeout: float) -> tu
         connection.close()
 
 
+class Full(Exception):
+    """A variant already has as many requests in flight as it admits."""
+
+
 class Draining:
     """A variant's requests in flight, counted so that it drains before it stops."""
 
@@ -95,8 +99,11 @@ class Draining:
         self.in_flight, self.counting = 0, threading.Lock()
 
     @contextlib.contextmanager
-    def counted(self) -> Iterator[None]:
+    def counted(self, limit: int | None = None) -> Iterator[None]:
+        """One request in flight; with `limit`, Full when that many are in flight already."""
         with self.counting:
+            if limit is not None and self.in_flight >= limit:
+                raise Full(limit)
             self.in_flight += 1
         try:
             yield

@@ -30,7 +30,6 @@ Control API (JSON):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -254,8 +253,7 @@ def _control(environ: dict, start_response) -> list[bytes]:
     if method != "POST":
         return answer(405, {"error": f"{method} {CONTROL_PATH}: use GET or POST"})
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        given = json.loads(environ["wsgi.input"].read(length) or b"null")
+        given = control.read_json(environ)
     except ValueError as exc:
         return answer(400, {"error": f"not JSON: {exc}"})
     if not (isinstance(given, dict) and isinstance(given.get("rule"), str) and set(given) <= {"rule", "event_bus"}

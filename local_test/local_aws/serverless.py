@@ -57,7 +57,7 @@ from moto.sagemaker import models as sagemaker_models
 from moto.sagemaker.exceptions import ValidationError
 
 from local_aws import containers
-from local_aws.hosting import Draining, Refused, VariantProcess, identity
+from local_aws.hosting import Draining, Full, Refused, VariantProcess, identity
 
 MAX_PAYLOAD = 4 * 1024 * 1024
 INVOCATION_TIMEOUT_S = 60
@@ -122,17 +122,15 @@ class ServerlessVariant(Draining):
         if len(body) > MAX_PAYLOAD:
             raise Refused("ValidationError", 400, f"Request payload of {len(body)} bytes exceeds the serverless "
                           f"endpoint's maximum of {MAX_PAYLOAD} bytes (4 MB).")
-        with self.counting:
-            if self.in_flight >= self.max_concurrency:
-                raise Refused("ThrottlingException", 400, f"Rate exceeded: the serverless endpoint's "
-                              f"MaxConcurrency ({self.max_concurrency}) invocations are in progress.")
-            self.in_flight += 1
         try:
-            yield
-        finally:
-            with self.counting:
-                self.in_flight -= 1
-                self.last_used = time.monotonic()
+            with self.counted(self.max_concurrency):
+                try:
+                    yield
+                finally:  # before the count drops: the idle check never sees 0 with an old time
+                    self.last_used = time.monotonic()
+        except Full:
+            raise Refused("ThrottlingException", 400, f"Rate exceeded: the serverless endpoint's "
+                          f"MaxConcurrency ({self.max_concurrency}) invocations are in progress.") from None
 
     def invoke(self, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
         self.last_used = time.monotonic()
