@@ -24,7 +24,7 @@ from conftest import aws_client, aws_env, model_tarball, png, upload
 from test_deploy import DEPLOY, deploy_command, run
 from test_pipeline import template
 
-DRIFT = [sys.executable, "-m", "dagm_deploy.drift"]
+DRIFT = [sys.executable, "-m", "dagm_deploy.drift_cli"]
 
 
 def brighter(image: np.ndarray, levels: int = 40) -> np.ndarray:

@@ -11,14 +11,11 @@ run, once the endpoint is InService again, removes the alarms it no longer needs
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from dagm_deploy import signals
 from dagm_deploy.errors import Refused, cause, exit_code
 from dagm_deploy.lock import Lock
-
-if TYPE_CHECKING:
-    from dagm_deploy.rollout import Rollout
+from dagm_deploy.rolling import Rolling
 
 
 def routing(steps: list[int], bake_seconds: float) -> dict:
@@ -31,7 +28,7 @@ def routing(steps: list[int], bake_seconds: float) -> dict:
     return {**chosen, "WaitIntervalInSeconds": int(bake_seconds)}
 
 
-def roll(rollout: Rollout, described: dict, lock: Lock) -> None:
+def roll(rollout: Rolling, described: dict, lock: Lock) -> None:
     o, endpoint = rollout.o, rollout.endpoint
     old_models = {v["ModelName"] for v in endpoint.config_variants(described["EndpointConfigName"])}
     final = rollout.create_config(o.config("final"), [rollout.new_variant(1.0)])

@@ -25,7 +25,6 @@ import hashlib
 import json
 import time
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,9 +33,7 @@ from dagm_deploy.capture_monitor import answers, captured_records
 from dagm_deploy.errors import Refused, cause, exit_code
 from dagm_deploy.lock import Lock
 from dagm_deploy.modes import ShadowTest
-
-if TYPE_CHECKING:
-    from dagm_deploy.rollout import Rollout
+from dagm_deploy.rolling import Rolling
 
 
 class CapturedAnswers:
@@ -77,7 +74,7 @@ def compare(paired: list[tuple[dict, dict]]) -> dict:
             "score_correlation": None if flat or not paired else round(float(np.corrcoef(production, shadow)[0, 1]), 4)}
 
 
-def run(rollout: Rollout, old: dict, capture: dict, lock: Lock, test: ShadowTest) -> dict:
+def run(rollout: Rolling, old: dict, capture: dict, lock: Lock, test: ShadowTest) -> dict:
     """Shadow the candidate beside `old` (its VARIANT_FIELDS) until the test is decided; the report. Refused,
     with the endpoint back on `old` alone, when the candidate fails (or anything stops it)."""
     o, endpoint = rollout.o, rollout.endpoint
