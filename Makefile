@@ -1,6 +1,6 @@
 # The two commands a new machine needs: `make demo` and `make test`.
 # Both create .venv from requirements-dev.lock (the images' and deploy stages' locks plus test
-# tools) when it is missing, and install the three distributions (code, serve, deploy) editable.
+# tools) when it is missing, and install the four distributions (code, serve, deploy, synth) editable.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -10,8 +10,12 @@ CLASS_ARCHIVE := $(VENV)/share/dagm-serve/mms-classes.jsa
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
+# Where `make bench` and `make bench-real` write their records (bench/record.py) and
+# `make figures` reads them; RECORD= writes none.
+RECORD ?= docs/results
+SUITE_RECORD := bench-output/suite.json
 
-.PHONY: venv locks demo test bench bench-real images image-test local-aws clean
+.PHONY: venv locks demo test docs bench bench-real bench-serving figures images image-test local-aws clean
 
 # An empty MLflow store at MLflow's schema, which each training job copies (dagm_defects/tracking/store.py).
 MLFLOW_TEMPLATE_STAMP := $(VENV)/share/dagm-defects/.template-made
@@ -22,12 +26,12 @@ venv: $(VENV_STAMP) $(CLASS_ARCHIVE) $(MLFLOW_TEMPLATE_STAMP)
 # cost every Python process the tests start about 0.3 s more (measured with torch's import).
 $(VENV_STAMP): requirements/train.lock requirements/serve.lock requirements/deploy.lock requirements/local-mode.lock \
 		requirements-dev.lock \
-		code/pyproject.toml serve/pyproject.toml deploy/pyproject.toml
+		code/pyproject.toml serve/pyproject.toml deploy/pyproject.toml synth/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade 'pip>=24'
 	$(PY) -m pip install --quiet -r requirements-dev.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat \
-		-e ./code -e ./serve -e ./deploy
+		-e ./code -e ./serve -e ./deploy -e ./synth
 	touch $@
 
 $(CLASS_ARCHIVE): $(VENV_STAMP) docker/mms.properties
@@ -45,8 +49,14 @@ locks: venv
 demo: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash local_test/demo.sh $(DEMO_DIR)
 
-test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+# The user guide (mkdocs.yml, strict: a broken link or a page missing from the nav fails).
+SITE_DIR ?= site
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(SITE_DIR)
+
+# A whole-suite run records its duration and counts (bench/suite_record.py) for `make figures`.
+test: venv docs
+	$(PY) -m pytest $(if $(PYTEST_ARGS),,--suite-record $(SUITE_RECORD)) $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/model_costs.py
@@ -56,13 +66,27 @@ bench: venv
 
 # The CPU recipe on genuine DAGM (../shared/data/dagm-real), three seeds; skips without it.
 bench-real: venv
-	$(PY) bench/real_dagm.py
+	$(PY) bench/real_dagm.py $(if $(RECORD),--record $(RECORD)/real-dagm.json)
+
+# The serving figures the docs quote: the real `serve` on bench-real's seed-0 model (genuine
+# class 8) against in-process, clean vs defective on the genuine class 8 images.
+DAGM_REAL ?= ../shared/data/dagm-real
+bench-serving: venv
+	test -f bench-output/real/seed-0/model/model.pt || { echo "run make bench-real first"; exit 2; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serving.py --model-dir bench-output/real/seed-0/model \
+		--verdict-images $(DAGM_REAL)/Class8 $(if $(RECORD),--record $(RECORD)/serving.json)
+
+# The docs' measured figures (README.md, docs/**/*.md) rendered from $(RECORD)/*.json by
+# bench/figures.py, taking in the last whole `make test` run's record first.
+figures: venv
+	if [ -f $(SUITE_RECORD) ]; then mkdir -p $(RECORD) && cp $(SUITE_RECORD) $(RECORD)/suite.json; fi
+	$(PY) bench/figures.py --results $(RECORD)
 
 # Both images, tagged with the commit and `latest` (needs a Docker daemon).
 images:
-	local_test/build_and_push.sh
+	tools/build_and_push.sh
 
-# Both images built from the committed Dockerfiles and run for real (local_test/image_test.py):
+# Both images built from the committed Dockerfiles and run for real (tools/image_test):
 # with Docker when a daemon answers, else with buildah on a Debian 12 base made by debootstrap,
 # both installed here from Debian's packages when missing (as root, like CI).
 image-test: venv
@@ -71,12 +95,12 @@ image-test: venv
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			buildah debootstrap; \
 	fi
-	$(PY) local_test/image_test.py
+	PYTHONPATH=tools $(PY) -m image_test
 
 # A local AWS in the foreground (moto plus real endpoints): AWS_ENDPOINT_URL=http://127.0.0.1:$(PORT)
 PORT ?= 4566
 local-aws: venv
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH=local_test $(PY) -m local_aws --port $(PORT)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH=tools $(PY) -m local_aws --port $(PORT)
 
 clean:
-	rm -rf $(DEMO_DIR) bench-output .pytest_cache
+	rm -rf $(DEMO_DIR) bench-output .pytest_cache $(SITE_DIR)

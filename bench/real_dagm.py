@@ -14,9 +14,9 @@ scored, through the job's `test` channel, on every genuine Class 8 image here.
 Prints JSON: per seed the held-out AP, AUROC, recall and precision at the threshold the
 job chose, training minutes (the whole job), and batch inference images/s; the worst
 seed's figures; the synthetic-only model's figures on the genuine images. Without the
-data it says what is missing and exits 0.
+data it says what is missing and exits 0, writing no record.
 Usage: python bench/real_dagm.py [--data DIR] [--config FILE] [--seeds 0,1,2] [--out DIR]
-       [--no-synthetic]   (--seeds "" runs only the synthetic-only check)
+       [--no-synthetic] [--record PATH]   (--seeds "" runs only the synthetic-only check)
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ import torch
 from dagm_defects.artifact import load_artifact
 from dagm_defects.data.arrays import load_arrays
 from dagm_defects.data.reader import read_index
-from dagm_defects.data.synthetic import generate_dataset
 from dagm_defects.model import inference_copy, predict
 from dagm_defects.progress import write_line
 from dagm_serve.allocator import keep_freed_memory
+from dagm_synth import generate_dataset
+from record import add_record_option, report
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dagm-real"
@@ -124,6 +125,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=REPO / "bench-output" / "real")
     parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic-only model")
+    add_record_option(parser)
     args = parser.parse_args()
     if not (args.data / "Class8" / "Train" / "Label" / "Labels.txt").exists():
         print(f"bench-real: skipped, no genuine DAGM data at {args.data} (expects "
@@ -146,7 +148,7 @@ def main() -> int:
         worst = {key: min(r[key] for r in results.values()) for key in ("ap", "auroc", "recall", "precision")}
         worst["training_minutes"] = max(r["training_minutes"] for r in results.values())
     synthetic = None if args.no_synthetic else synthetic_only(args, base, len(samples))
-    print(json.dumps({
+    report("real-dagm", {
         "benchmark": "real_dagm",
         "config": str(args.config.relative_to(REPO)) if args.config.is_relative_to(REPO) else str(args.config),
         "hyperparameters": base,
@@ -156,7 +158,7 @@ def main() -> int:
         "seeds": results,
         "worst_seed": worst,
         "synthetic_only_on_genuine": synthetic,
-    }, indent=2))
+    }, args.record)
     return 0
 
 

@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dagm_defects.data.synthetic import generate_dataset
+from dagm_synth import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,12 +19,12 @@ import torch
 
 from dagm_defects.data.arrays import load_arrays
 from dagm_defects.data.reader import read_index
-from dagm_defects.data.synthetic import generate_dataset
 from dagm_defects.model import build_model
 from dagm_defects.model_config import ModelConfig
 from dagm_defects.device import Device
 from dagm_defects.training.loop import balanced_indices, batches, train_one_epoch, train_step
 from dagm_defects.training.stop import StopFlag
+from dagm_synth import generate_dataset
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-demo-output}"
 # Class 8 is the generator's hard case (1-px scratches calibrated on genuine Class 8).
-# Two classes: at width 0.125 one model for 3,4,6 and 8 never learned class 8 (README).
+# Two classes: at width 0.125 one model for 3,4,6 and 8 never learned class 8 (docs/train.md).
 classes="${DEMO_CLASSES:-3,8}"
 images="${DEMO_IMAGES:-300}"
 started=$(date +%s)

@@ -2,7 +2,7 @@
 
 Standard library only. Usage: predict.py IMAGE... [--url URL] [--attributes ATTRS]
 The same request through SageMaker is boto3's sagemaker-runtime `invoke_endpoint`
-(see the README).
+(see docs/serve.md).
 """
 
 import argparse

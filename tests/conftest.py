@@ -22,8 +22,11 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from dagm_defects.data.synthetic import generate_dataset
+from dagm_synth import generate_dataset
 from local_aws.hosting import free_port
+
+# `--suite-record PATH` (make test): the run's duration and counts as a benchmark record.
+pytest_plugins = ["suite_record"]
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_LOCAL = REPO / "local_test" / "train_local.sh"
@@ -259,7 +262,7 @@ def running_local_aws(tmp_path_factory, **env: str):
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "local_aws", "--port", str(port), "--work", str(work)],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**job_env(), "PYTHONPATH": str(REPO / "local_test"), **env})
+                                   env={**job_env(), "PYTHONPATH": str(REPO / "tools"), **env})
     deadline = time.monotonic() + 60
     while "ready at" not in log_path.read_text():
         assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
@@ -453,7 +456,7 @@ def _faults_call(url: str, method: str, path: str = "", body: dict | None = None
 
 
 def inject(url: str, **fault) -> None:
-    """Add a fault to the local AWS at `url` (fields: local_test/local_aws/faults.py)."""
+    """Add a fault to the local AWS at `url` (fields: tools/local_aws/faults.py)."""
     _faults_call(url, "POST", body=fault)
 
 

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from conftest import REPO, job_env
+from image_test.serving import module_name, serve_omits
+from test_layout import import_graph
 
 DOCKERFILES = {"train": REPO / "Dockerfile.train", "serve": REPO / "Dockerfile.serve"}
 ENTRYPOINT = "/opt/dagm/docker/entrypoint.sh"
@@ -234,7 +237,7 @@ def test_buildspec_is_valid_and_names_only_real_files():
     assert {"pre_build", "build"} <= set(spec["phases"])
     assert spec["artifacts"]["files"] == [spec["env"]["variables"]["IMAGES_FILE"]]
     text = "\n".join(c for phase in spec["phases"].values() for c in phase.get("commands", []))
-    for path in re.findall(r"(?:local_test|docker)/[\w./-]+", text):
+    for path in re.findall(r"(?:local_test|tools|docker)/[\w./-]+", text):
         assert (REPO / path).is_file() and os.access(REPO / path, os.X_OK), path
     assert "123456789012" not in (REPO / "buildspec.yml").read_text()  # nothing account-specific
 
@@ -276,13 +279,23 @@ def test_buildspec_fails_when_a_push_fails(tmp_path):
 
 @pytest.mark.parametrize("kind, distributions, packages, absent", [
     ("train", {"dagm_defects"}, {"dagm_defects/training/launch.py"}, {"dagm_serve", "dagm_deploy"}),
-    ("serve", {"dagm_defects", "dagm_serve"}, {"dagm_serve/serve.py", "dagm_serve/handler.py"}, {"dagm_deploy"}),
+    ("serve", {"dagm_defects", "dagm_serve"}, {"dagm_serve/serve.py", "dagm_serve/handler.py", "dagm_defects/artifact.py"},
+     {"dagm_deploy", *serve_omits()}),
 ])
 def test_each_image_installs_exactly_what_its_dockerfile_copies(tmp_path, kind, distributions, packages, absent):
-    """The build stage's `pip install /src/...`, from the files COPY puts in /src only: each image
-    gets its own distributions and their console scripts, none of another image's."""
-    src = tmp_path / "src"
-    src.mkdir()
+    """The build stage's commands on the files COPY puts in /src and /tmp/build only: each image
+    gets its own distributions, less what it omits (docker/omit-modules.sh, run here as the build
+    runs it), and console scripts that all name a module it holds."""
+    copied: dict[str, Path] = {}  # where COPY puts a repository file in the build stage
+    target = tmp_path / "venv"  # /opt/venv: pip install --target puts the console scripts in bin/
+
+    def local(word: str) -> str:
+        if word in copied:
+            return str(copied[word])
+        if word.startswith("/opt/venv/"):
+            return str(target / word.removeprefix("/opt/venv/"))
+        return str(tmp_path / word[1:]) if word.startswith("/src/") else word
+
     installs = []
     for row in stages(kind)["build"]:
         args = row["value"].split()
@@ -290,29 +303,94 @@ def test_each_image_installs_exactly_what_its_dockerfile_copies(tmp_path, kind, 
             for source in args[:-1]:
                 shutil.copytree(REPO / source, tmp_path / args[-1].lstrip("/"),
                                 ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
-        if row["instruction"] == "RUN" and "build-venv.sh projects" in row["value"]:
-            installs += re.findall(r"\s(/src/\S+)", row["value"])
+        elif row["instruction"] == "COPY" and args[-1] == "/tmp/build/":
+            copied.update({f"/tmp/build/{Path(source).name}": REPO / source for source in args[:-1]})
+        for command in row["value"].split("&&") if row["instruction"] == "RUN" else []:
+            words = command.split()
+            if words[0].endswith("/omit-modules.sh"):
+                result = subprocess.run([local(word) for word in words], capture_output=True, text=True)
+                assert result.returncode == 0, result.stderr
+            elif words[:2] == ["/tmp/build/build-venv.sh", "projects"]:
+                projects = [local(word) for word in words[3:]]
+                installs += projects
+                for project in projects:
+                    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                                             "--wheel-dir", str(tmp_path / "wheels"), project],
+                                            capture_output=True, text=True)
+                    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+                result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+                                         "--target", str(target), *map(str, (tmp_path / "wheels").glob("*.whl"))],
+                                        capture_output=True, text=True)
+                assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert installs, f"Dockerfile.{kind}'s build stage installs nothing from /src"
-    names: list[str] = []
-    for project in installs:
-        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                                 "--wheel-dir", str(tmp_path / "wheels"), str(tmp_path / project.lstrip("/"))],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    for wheel in (tmp_path / "wheels").glob("*.whl"):
-        names += zipfile.ZipFile(wheel).namelist()
+    names = [n for wheel in (tmp_path / "wheels").glob("*.whl") for n in zipfile.ZipFile(wheel).namelist()]
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == distributions
     assert packages <= set(names)
-    assert not any(n.startswith(tuple(absent)) for n in names)
-    scripts = "".join(zipfile.ZipFile(w).read(n).decode() for w in (tmp_path / "wheels").glob("*.whl")
-                      for n in zipfile.ZipFile(w).namelist() if n.endswith("entry_points.txt"))
+    held = [n for n in names if n.startswith(tuple(absent))]
+    assert not held, f"the {kind} image would hold {held[:5]}"
+    scripts = {}
+    for script in (target / "bin").iterdir():
+        module = re.search(r"^from (\S+) import", script.read_text(), re.M).group(1)
+        scripts[script.name] = module
+        path = target.joinpath(*module.split("."))
+        assert (path / "__init__.py").is_file() or path.with_suffix(".py").is_file(), \
+            f"console script {script.name} imports {module}, which the {kind} image does not hold"
     assert "dagm-deploy" not in scripts and ("dagm-serve" in scripts) == (kind == "serve")
+    assert ("dagm-runs" in scripts) == (kind == "train")  # tracking's CLI: training only
+
+
+def import_closure(entries: set[str]) -> set[str]:
+    """The modules of core and serving that `entries` import, transitively; importing a.b.c
+    runs a and a.b first, so those count too."""
+    graph = import_graph([REPO / "code" / "dagm_defects", REPO / "serve" / "dagm_serve"])
+    found: set[str] = set()
+    pending = list(entries)
+    while pending:
+        module = pending.pop()
+        if module in graph and module not in found:
+            found.add(module)
+            pending += [*graph[module], *(module.rsplit(".", depth)[0] for depth in range(1, module.count(".") + 1))]
+    return found
+
+
+def test_the_serving_image_omits_only_what_serving_never_imports():
+    """docker/serve-omits.txt (what Dockerfile.serve deletes from core) lists existing paths,
+    none of them in the import closure of what the serving image runs, and every other module of
+    core: MMS imports dagm_serve's handler by name, so every dagm_serve module is an entry, with
+    the console scripts serve/ installs (the image runs dagm-serve and dagm-mms-class-archive)."""
+    omitted = serve_omits()
+    assert omitted and all((REPO / "code" / path).exists() for path in omitted), omitted
+    scripts = tomllib.loads((REPO / "serve" / "pyproject.toml").read_text())["project"]["scripts"]
+    entries = {target.split(":")[0] for target in scripts.values()}
+    entries |= {f"dagm_serve.{path.stem}" for path in (REPO / "serve" / "dagm_serve").glob("*.py")}
+    reached = import_closure(entries)
+    assert {"dagm_defects", "dagm_defects.artifact", "dagm_defects.model"} <= reached  # the handler loads the model
+    packages = [module_name(path) for path in omitted]
+
+    def listed(module: str) -> bool:
+        return any(module == package or module.startswith(f"{package}.") for package in packages)
+
+    assert not {m for m in reached if listed(m)}, "the serving image would lack what it imports"
+    core = set(import_graph([REPO / "code" / "dagm_defects"]))
+    assert not {m for m in core - reached if not listed(m)}, "serving never imports these: list them"
+
+
+def test_the_build_context_holds_no_generator_tools_or_tests():
+    """The .dockerignore allowlist keeps the synthetic generator (synth/), the repository's tools
+    (tools/: the image test, the local AWS) and the tests out of both images' build context."""
+    files = [path.relative_to(REPO).as_posix() for folder in ("synth", "tools", "tests")
+             for path in (REPO / folder).rglob("*.py")]
+    assert any(path.startswith("synth/") for path in files) and any(path.startswith("tools/") for path in files)
+    assert [path for path in files if not dockerignored(path)] == []
 
 
 def test_image_test_runs_after_the_suite_in_ci():
-    """The images are built and run by `make image-test` (local_test/image_test.py), which
+    """The images are built and run by `make image-test` (tools/image_test), which
     .ci/run runs after `make test`; the suite itself does not build them (it takes minutes)."""
     ci = (REPO / ".ci" / "run").read_text()
     assert ci.index("make test") < ci.index("make image-test")
     dry = subprocess.run(["make", "-n", "image-test"], cwd=REPO, capture_output=True, text=True)
-    assert dry.returncode == 0 and "local_test/image_test.py" in dry.stdout
+    assert dry.returncode == 0 and "PYTHONPATH=tools" in dry.stdout and "-m image_test" in dry.stdout
+    usage = subprocess.run([sys.executable, "-m", "image_test", "--help"], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": "tools"})
+    assert usage.returncode == 0 and "--engine" in usage.stdout, usage.stderr

@@ -10,6 +10,8 @@ import json
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -209,7 +211,7 @@ def test_training_jobs_really_train_and_fail_with_the_jobs_reason(local_aws, tin
     assert failed["TrainingJobStatus"] == "Failed" and "epochs" in failed["FailureReason"]
 
 
-# Fault injection (local_test/local_aws/faults.py).
+# Fault injection (tools/local_aws/faults.py).
 
 
 def error_of(call, *args, **kwargs) -> tuple[str, int]:
@@ -401,3 +403,11 @@ def test_a_hung_variant_answers_once_the_fault_is_removed(local_aws, faulty, fau
     faults.remove(hang)
     waiting.join(30)
     assert replies and replies[0][0] == "A" and replies[0][1] >= 1.5
+
+
+@pytest.mark.parametrize("path", ["/_local_aws/async/queue", "/_local_aws/images/crop", "/_local_aws/schedules/x"])
+def test_a_control_api_answers_only_its_own_path(local_aws, path):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{local_aws}{path}", timeout=10)
+    assert refused.value.code == 404
+    assert json.loads(refused.value.read()) == {"error": f"{path}: no such call"}

@@ -1,4 +1,4 @@
-"""Inference pipelines on the local AWS (local_test/local_aws/containers.py): models of
+"""Inference pipelines on the local AWS (tools/local_aws/containers.py): models of
 several containers, each a real process on its own SAGEMAKER_BIND_TO_PORT, invoked in
 series (Serial) or one by TargetContainerHostname (Direct). The preprocessing and
 postprocessing containers are small programs written here and registered for their image

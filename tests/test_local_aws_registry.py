@@ -1,4 +1,4 @@
-"""The model registry of the local AWS (local_test/local_aws/registry.py) over real HTTP
+"""The model registry of the local AWS (tools/local_aws/registry.py) over real HTTP
 with boto3 only: approval status and version numbers, updates that keep what they are not
 given, the API model's limits, state-change events reaching EventBridge rules' targets (an
 SQS queue, a CodeBuild build), deletes, and an endpoint of a model made from a package."""

@@ -1,4 +1,4 @@
-"""EventBridge schedules on the local AWS (local_test/local_aws/schedules.py): a rate()
+"""EventBridge schedules on the local AWS (tools/local_aws/schedules.py): a rate()
 rule fires its CodeBuild target on the scheduled clock (one scheduled minute per real
 second here), a disabled rule never does, the control API fires a rule now, and a
 scheduled rule takes no other events."""

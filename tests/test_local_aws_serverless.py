@@ -1,4 +1,4 @@
-"""Serverless endpoints on the local AWS (local_test/local_aws/serverless.py): InService
+"""Serverless endpoints on the local AWS (tools/local_aws/serverless.py): InService
 with no process, a cold start on the first invocation (ModelSetupTime published), scale to
 zero after the idle time, ProvisionedConcurrency kept warm, MaxConcurrency and the 4 MB
 payload limit enforced, and the API's refusals of what serverless endpoints exclude.

@@ -29,8 +29,10 @@ def test_perfect_separation_scores_one():
     assert m.auroc(y, s) == 1.0
 
 
-def test_reversed_ranking_has_zero_auroc():
+def test_reversed_ranking_has_zero_auroc_and_ap_of_its_late_hits():
+    # The positives come 3rd and 4th: recall 1/2 at precision 1/3, then 2/2 at 2/4.
     assert m.auroc([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]) == 0.0
+    assert m.average_precision([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]) == pytest.approx(5 / 12)
 
 
 def test_hand_computed_ap_and_auroc():
@@ -91,6 +93,8 @@ def test_trapezoid_area_of_roc_equals_auroc():
     assert area == pytest.approx(m.auroc(y, s))
 
 
+# A class without defects is routine (its test split may hold none): no warning for it.
+@pytest.mark.filterwarnings("error")
 def test_single_class_values():
     assert math.isnan(m.average_precision([0, 0, 0], [0.1, 0.5, 0.9]))
     assert m.average_precision([1, 1], [0.1, 0.9]) == 1.0
@@ -178,6 +182,59 @@ def test_confusion_without_predicted_positives():
     assert quiet_on_good["f1"] == 1.0
     missed = m.confusion([1, 0], [0.1, 0.2], 0.5)
     assert (missed["precision"], missed["recall"], missed["f1"]) == (0.0, 0.0, 0.0)
+
+
+# ---------------------------------------------------------------- pinned figures
+
+
+def fixed_set() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """500 images in 10 classes; scores on a 0.01 grid, so many tie; class 10 has no defect."""
+    rng = np.random.default_rng(0)
+    classes = rng.integers(1, 11, 500)
+    scores = np.round(rng.random(500), 2)
+    labels = (rng.random(500) < scores).astype(int)  # defects score higher, as from a useful model
+    labels[classes == 10] = 0
+    return labels, scores, classes
+
+
+def pinned(value):
+    return pytest.approx(value, rel=1e-12, abs=1e-12)
+
+
+def test_the_reported_figures_on_a_fixed_set_are_pinned():
+    """The figures of evaluation.json as the numpy implementation computed them before
+    scikit-learn replaced it: a change in our code or a scikit-learn release that moves
+    what users read fails here."""
+    labels, scores, classes = fixed_set()
+    threshold = m.choose_threshold(labels, scores)
+    assert threshold == pinned(0.42520156705346085)
+    summary = m.summarize(labels, scores, classes, threshold)
+    overall = summary["overall"]
+    assert {k: overall[k] for k in ("n", "n_defective", "tp", "fp", "tn", "fn")} == {
+        "n": 500, "n_defective": 223, "tp": 187, "fp": 111, "tn": 166, "fn": 36}
+    assert [overall[k] for k in ("ap", "auroc", "accuracy", "precision", "recall", "f1")] == pinned(
+        [0.7274517244857779, 0.7945880753104207, 0.706, 0.62751677852349, 0.8385650224215246,
+         0.7178502879078695])
+    per_class = summary["per_class"]
+    assert [per_class[c]["ap"] for c in per_class][:9] == pinned(
+        [0.7631257552553263, 0.8059816988288124, 0.8585047634598391, 0.7130448273585528,
+         0.8786038642365425, 0.7650953837933905, 0.9278575279444262, 0.8646240518351862,
+         0.833894008621689])
+    assert [per_class[c]["auroc"] for c in per_class][:9] == pinned(
+        [0.8061868686868687, 0.8263888888888888, 0.79125, 0.7693333333333333, 0.8199588477366255,
+         0.762962962962963, 0.9379370629370629, 0.8164285714285714, 0.8131127450980392])
+    assert (per_class["10"]["ap"], per_class["10"]["auroc"], per_class["10"]["f1"]) == (None, None, 0.0)
+
+
+def test_the_curves_on_a_fixed_set_are_pinned():
+    overall = m.curves(*fixed_set())["overall"]
+    # 98 distinct scores: a PR point each plus the (1, 0) end; ROC keeps 95 corners and (0, 0).
+    assert [len(overall[k]) for k in ("precision", "pr_thresholds", "fpr", "roc_thresholds")] == [99, 98, 96, 96]
+    assert overall["precision"][:3] == pinned([0.446, 0.44779116465863456, 0.45417515274949083])
+    assert overall["pr_thresholds"][:3] == pinned([0.0, 0.01, 0.02])
+    assert overall["fpr"][:4] == pinned([0.0, 0.0036101083032490976, 0.010830324909747292, 0.010830324909747292])
+    assert overall["tpr"][:4] == pinned([0.0, 0.004484304932735426, 0.02242152466367713, 0.053811659192825115])
+    assert overall["roc_thresholds"][:4] == [None, 1.0, 0.99, 0.98]
 
 
 # ---------------------------------------------------------------- summarize and curves

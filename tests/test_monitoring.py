@@ -1,5 +1,5 @@
 """Learning from live traffic, end to end on the local AWS with the template's own
-resources (local_test/retraining_stack.py): an endpoint deployed with data capture, the
+resources (tools/retraining_stack.py): an endpoint deployed with data capture, the
 hourly MonitorSchedule fired through the local AWS's schedules, its Monitor build
 (deploy/monitor-buildspec.yml: dagm-drift --capture) quiet on clean images and raising
 CapturedDriftAlarm on brighter ones, whose alarm starts the Retrain build as the live
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 BUCKET, ENDPOINT = "dagm-watch", "watched-line"
 CAPTURE = f"s3://{BUCKET}/capture"
-STACK = REPO / "local_test" / "retraining_stack.py"
+STACK = REPO / "tools" / "retraining_stack.py"
 LABEL_DRAFT = [sys.executable, "-m", "dagm_deploy.label_draft"]
 RETRAIN = [sys.executable, "-m", "dagm_deploy.retrain"]
 

@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 
 from dagm_defects.data.labels import parse_labels
-from dagm_defects.data.synthetic import generate_dataset
+from dagm_synth import generate_dataset
 
 from conftest import REPO, TINY_HPS, aws_client, build_log, model_tarball, upload
 from test_deploy import DEPLOY, ROLE, Load, deploy_command, run, variants_of
@@ -28,7 +28,7 @@ from test_deploy import DEPLOY, ROLE, Load, deploy_command, run, variants_of
 pytestmark = pytest.mark.slow
 
 RETRAIN = [sys.executable, "-m", "dagm_deploy.retrain"]
-STACK = REPO / "local_test" / "retraining_stack.py"
+STACK = REPO / "tools" / "retraining_stack.py"
 BUCKET = "dagm-quality"
 ENDPOINT = "retrained"
 FAST = ["--steps", "50,100", "--bake-seconds", "1", "--poll-seconds", "0.3", "--alarm-period", "10"]

@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dagm_defects.data import synthetic
 from dagm_defects.data.labels import parse_labels
+from dagm_synth import generate_dataset
+from dagm_synth.classes import ALL_CLASSES, CLASS_SPECS, class_texture
+from dagm_synth.defects import apply_defect, draw_ellipse
+from dagm_synth.geometry import Ellipse
+from dagm_synth.layout import defective_count, defective_numbers
+from dagm_synth.render import image_rng, render_image
+from dagm_synth.spec import HAIRLINE
 
 CLASSES = (1, 9)
 N = 12
@@ -29,7 +35,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
     root = tmp_path_factory.mktemp("synth")
     stream = io.StringIO()
-    summary = synthetic.generate_dataset(
+    summary = generate_dataset(
         root, classes=CLASSES, images_per_split=N, size=SIZE, seed=3, workers=1, stream=stream
     )
     return root, summary, stream.getvalue()
@@ -98,7 +104,7 @@ def test_images_and_masks(generated):
 
 def test_same_seed_same_bytes_whatever_the_workers(generated, tmp_path):
     root, _, _ = generated
-    again = synthetic.generate_dataset(
+    again = generate_dataset(
         tmp_path, classes=CLASSES, images_per_split=N, size=SIZE, seed=3, workers=2,
         stream=io.StringIO(),
     )
@@ -108,7 +114,7 @@ def test_same_seed_same_bytes_whatever_the_workers(generated, tmp_path):
 
 def test_other_seed_other_images(generated, tmp_path):
     root, _, _ = generated
-    synthetic.generate_dataset(
+    generate_dataset(
         tmp_path, classes=(1,), images_per_split=N, size=SIZE, seed=4, workers=1,
         stream=io.StringIO(),
     )
@@ -130,26 +136,26 @@ def test_images_differ_within_a_split(generated):
     ("n", "expected"), [(1, 0), (2, 1), (12, 2), (100, 13), (575, 75), (1150, 150)]
 )
 def test_defective_count(n, expected):
-    assert synthetic.defective_count(n) == expected
-    chosen = synthetic.defective_numbers(0, 1, 0, n)
+    assert defective_count(n) == expected
+    chosen = defective_numbers(0, 1, 0, n)
     assert len(chosen) == expected and all(1 <= i <= n for i in chosen)
 
 
 def test_defective_positions_vary_by_split_and_seed():
-    a = synthetic.defective_numbers(0, 1, 0, 575)
-    assert a != synthetic.defective_numbers(0, 1, 1, 575)
-    assert a != synthetic.defective_numbers(1, 1, 0, 575)
-    assert a == synthetic.defective_numbers(0, 1, 0, 575)
+    a = defective_numbers(0, 1, 0, 575)
+    assert a != defective_numbers(0, 1, 1, 575)
+    assert a != defective_numbers(1, 1, 0, 575)
+    assert a == defective_numbers(0, 1, 0, 575)
 
 
 def _mask_areas(cls: int, size: int = 512, n: int = 400) -> np.ndarray:
     """Ellipse areas drawn for the class's own mix of defect kinds."""
     rng = np.random.default_rng(0)
-    spec = synthetic.CLASS_SPECS[cls]
+    spec = CLASS_SPECS[cls]
     kinds = [k for k, _ in spec.defects]
     probs = np.array([p for _, p in spec.defects])
     return np.array([
-        synthetic._draw_ellipse(rng, spec, kinds[rng.choice(len(kinds), p=probs)], size).area
+        draw_ellipse(rng, spec, kinds[rng.choice(len(kinds), p=probs)], size).area
         for _ in range(n)
     ])
 
@@ -173,12 +179,12 @@ def test_hard_class_mask_areas_follow_real_class_8():
 
 
 def test_rendered_mask_is_the_ellipse():
-    rng = synthetic.image_rng(0, 1, 0, 1)
-    image, mask = synthetic.render_image(1, rng, 256, defective=True)
+    rng = image_rng(0, 1, 0, 1)
+    image, mask = render_image(1, rng, 256, defective=True)
     assert image.dtype == np.uint8 and image.shape == (256, 256)
     area = int((mask == 255).sum())
     assert 9600 / 4 * 0.6 < area < 11000 / 4 * 1.05
-    _, none = synthetic.render_image(1, synthetic.image_rng(0, 1, 0, 2), 256)
+    _, none = render_image(1, image_rng(0, 1, 0, 2), 256)
     assert none is None
 
 
@@ -186,11 +192,11 @@ def test_defect_changes_the_masked_region():
     """A defect shows: inside the mask the image departs from the texture's statistics."""
     size = 256
     tails = [0.5, 99.5]
-    for cls in synthetic.ALL_CLASSES:
+    for cls in ALL_CLASSES:
         shifts = []
         for number in range(1, 9):
-            image, mask = synthetic.render_image(
-                cls, synthetic.image_rng(0, cls, 0, number), size, defective=True
+            image, mask = render_image(
+                cls, image_rng(0, cls, 0, number), size, defective=True
             )
             inside = image[mask > 0].astype(np.float64)
             outside = image[mask == 0].astype(np.float64)
@@ -206,13 +212,13 @@ def test_defect_changes_the_masked_region():
         assert np.median(shifts) > 0.5, (cls, shifts)
 
 
-def _hairline(seed: int, size: int = 512) -> tuple[np.ndarray, np.ndarray, synthetic.Ellipse]:
+def _hairline(seed: int, size: int = 512) -> tuple[np.ndarray, np.ndarray, Ellipse]:
     """A class-8 defect drawn on a zero image: exactly the grey levels it changes, its mask."""
     rng = np.random.default_rng(seed)
-    spec = synthetic.CLASS_SPECS[HARD]
-    ellipse = synthetic._draw_ellipse(rng, spec, synthetic.HAIRLINE, size)
+    spec = CLASS_SPECS[HARD]
+    ellipse = draw_ellipse(rng, spec, HAIRLINE, size)
     change = np.zeros((size, size), np.float32)
-    inside = synthetic._apply_defect(change, ellipse, synthetic.HAIRLINE, spec, rng)
+    inside = apply_defect(change, ellipse, HAIRLINE, spec, rng)
     mask = np.zeros((size, size), bool)
     y0, y1, x0, x1 = ellipse.box(size)
     mask[y0:y1, x0:x1] = inside
@@ -220,12 +226,12 @@ def _hairline(seed: int, size: int = 512) -> tuple[np.ndarray, np.ndarray, synth
 
 
 def test_hard_class_has_only_hairline_scratches():
-    assert synthetic.CLASS_SPECS[HARD].defects == ((synthetic.HAIRLINE, 1.0),)
+    assert CLASS_SPECS[HARD].defects == ((HAIRLINE, 1.0),)
 
 
 def test_hard_class_scratches_are_thin_and_short():
     """1-2 px wide (a dark wall beside a bright one), 20-60 px long, half the mask's length."""
-    stands_out = 0.3 * synthetic.CLASS_SPECS[HARD].contrast  # about the texture's fine noise
+    stands_out = 0.3 * CLASS_SPECS[HARD].contrast  # about the texture's fine noise
     lengths = []
     for seed in range(30):
         change, mask, ellipse = _hairline(seed)
@@ -243,7 +249,7 @@ def test_hard_class_scratches_are_thin_and_short():
 
 def test_hard_class_scratch_contrast_is_calibrated():
     """Each wall peaks at 2-3 texture stds (2.4 on genuine Class 8); over the mask they cancel."""
-    contrast = synthetic.CLASS_SPECS[HARD].contrast
+    contrast = CLASS_SPECS[HARD].contrast
     walls = []
     for seed in range(30):
         change, mask, _ = _hairline(seed)
@@ -270,7 +276,7 @@ def _lag_correlation(a: np.ndarray, lag: int, axis: int) -> float:
 def test_hard_class_texture_runs_vertically():
     """Figures of genuine Class 8 good Train images at 512 (medians) in the comments."""
     for number in range(1, 5):
-        image, _ = synthetic.render_image(HARD, synthetic.image_rng(0, HARD, 0, number), 512)
+        image, _ = render_image(HARD, image_rng(0, HARD, 0, number), 512)
         a = image.astype(np.float64)
         assert 25 < a.std() < 47  # 36.4
         # vertical bands: column means vary, row means hardly (24.5 against 7.1)
@@ -284,12 +290,12 @@ def test_hard_class_texture_runs_vertically():
 
 def test_hard_class_is_deterministic():
     def render(number: int) -> tuple[bytes, bytes]:
-        rng = synthetic.image_rng(5, HARD, 1, number)
-        image, mask = synthetic.render_image(HARD, rng, 128, defective=True, seed=5)
+        rng = image_rng(5, HARD, 1, number)
+        image, mask = render_image(HARD, rng, 128, defective=True, seed=5)
         return image.tobytes(), mask.tobytes()
 
     first = render(7)
-    synthetic.class_texture.cache_clear()  # the texture too comes from the seed alone
+    class_texture.cache_clear()  # the texture too comes from the seed alone
     assert render(7) == first
     assert render(8)[0] != first[0]
 
@@ -297,9 +303,9 @@ def test_hard_class_is_deterministic():
 def test_stale_files_of_a_larger_run_go(tmp_path):
     quiet = io.StringIO()
     small = {"classes": (2,), "size": 64, "workers": 1, "stream": quiet}
-    synthetic.generate_dataset(tmp_path, images_per_split=30, **small)
+    generate_dataset(tmp_path, images_per_split=30, **small)
     (tmp_path / "Class2" / "Train" / "notes.txt").write_text("kept")
-    synthetic.generate_dataset(tmp_path, images_per_split=8, **small)
+    generate_dataset(tmp_path, images_per_split=8, **small)
     d = tmp_path / "Class2" / "Train"
     rows, _ = parse_labels((d / "Label" / "Labels.txt").read_text())
     assert sorted(p.name for p in d.glob("*.PNG")) == [r.image for r in rows]
@@ -312,19 +318,22 @@ def test_api_rejects_bad_arguments(tmp_path):
     bad = ({"classes": [0]}, {"images_per_split": 0}, {"size": 100}, {"size": 56}, {"seed": -1})
     for kwargs in bad:
         with pytest.raises(ValueError):
-            synthetic.generate_dataset(tmp_path, **{"images_per_split": 2, **kwargs})
+            generate_dataset(tmp_path, **{"images_per_split": 2, **kwargs})
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dagm_defects.data.synthetic", *args],
-        capture_output=True, text=True, timeout=60, cwd=cwd,
-    )
+MODULE = [sys.executable, "-m", "dagm_synth"]
+# the console script the synth distribution installs next to the interpreter
+SCRIPT = [str(Path(sys.executable).with_name("dagm-synth"))]
 
 
-def test_cli_writes_and_summarises(tmp_path):
+def _cli(*args: str, cwd: Path, command: list[str] = MODULE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", [MODULE, SCRIPT], ids=["module", "script"])
+def test_cli_writes_and_summarises(tmp_path, command):
     result = _cli(str(tmp_path / "out"), "--classes", "1,7", "--images-per-split", "3",
-                  "--size", "64", "--workers", "1", cwd=tmp_path)
+                  "--size", "64", "--workers", "1", cwd=tmp_path, command=command)
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert "wrote 12 images" in last and "classes 1,7" in last

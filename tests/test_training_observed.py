@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dagm_defects.data.synthetic import generate_dataset
+from dagm_synth import generate_dataset
 from local_aws.hosting import free_port
 
 from conftest import TINY_HPS, run_training, start_training

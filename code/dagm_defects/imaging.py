@@ -1,6 +1,6 @@
 """Decode and shape images the same way for training and serving.
 
-Grayscale policy (documented in the README): 8-bit grayscale is used as is; colour,
+Grayscale policy (documented in docs/serve.md): 8-bit grayscale is used as is; colour,
 palette and alpha images are converted to grayscale (ITU-R 601 luma, Pillow's "L");
 16-bit and 32-bit grayscale are scaled to 8 bits. Each conversion is reported back to
 the caller as a note, so training can say how many images it converted.

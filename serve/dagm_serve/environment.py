@@ -2,7 +2,7 @@
 
 SageMaker configures a serving container only through environment variables (the
 `SAGEMAKER_*` names below are its contract); the `DAGM_*` names are this image's own
-knobs, documented in the README. `serve` parses them before it starts anything, so a
+knobs, documented in docs/serve.md. `serve` parses them before it starts anything, so a
 malformed value stops the container with a message naming the variable, and the MMS
 workers parse the same environment with the same function.
 """

@@ -144,7 +144,7 @@ class ModelServer:
         }
         # A worker's OpenMP threads spin briefly, enough to catch the next layer inside a
         # forward pass, then sleep and leave the cores to the front, MMS and the next
-        # batch's exchange (README, "Serving": a lone PNG 0.7-2.2 ms sooner than sleeping
+        # batch's exchange (measured: a lone PNG 0.7-2.2 ms sooner than sleeping
         # at once). The container's own OpenMP waiting, if it sets any, wins.
         if not (os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")):
             env["GOMP_SPINCOUNT"] = str(WORKER_SPIN_COUNT)

@@ -1,1 +1,1 @@
-"""The DAGM 2007 competition layout: labels, reader, synthetic generator, tensors."""
+"""The DAGM 2007 competition layout: labels, reader, tensors (the synthetic generator is dagm_synth, synth/)."""

@@ -1,4 +1,5 @@
 """Image-level evaluation of a defect detector: metrics, threshold choice and report plots.
 
-``metrics`` is pure numpy and JSON-friendly; ``plots`` imports matplotlib only when called.
+``metrics`` builds on scikit-learn and returns JSON-ready results; ``plots`` imports
+matplotlib only when called.
 """

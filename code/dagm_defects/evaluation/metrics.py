@@ -1,27 +1,36 @@
-"""Image-level metrics for binary defect classification, in pure numpy.
+"""Image-level metrics for binary defect classification, on scikit-learn.
 
 ``y_true`` holds 1 for a defective image and 0 for a good one; ``scores`` holds the model's
 defect probability. An image is predicted defective when ``score >= threshold``, the same
 convention as the thresholds that ``precision_recall_curve`` and ``roc_curve`` return.
 
-The curve functions follow scikit-learn's semantics (tied scores form one operating point)
-so numbers can be compared with published results; scikit-learn itself is not a dependency
-of the images.
+The curves, AP and AUROC are ``sklearn.metrics``' own (tied scores form one operating
+point, AP is the step-wise sum), so numbers compare with published results. This module
+adds what scikit-learn leaves to the caller: inputs checked with errors that name the
+problem, the decision threshold frozen from validation data, and JSON-ready summaries.
+Only the training image installs scikit-learn; serving and the deploy tools never import
+this module.
 
 Single-class inputs, which happen for a class whose test split holds no defect:
-``average_precision`` is NaN without positives (and 1.0 without negatives, as every cut
-is then perfectly precise); ``auroc`` is NaN whenever either class is missing, since no
-positive-negative pair exists to rank. ``summarize`` and ``curves`` turn NaN and infinity
-into ``None`` so their results go straight into JSON.
+``average_precision`` is NaN without positives (scikit-learn would answer 0.0, which reads
+as a model that found nothing) and 1.0 without negatives, as every cut is then perfectly
+precise; ``auroc`` is NaN whenever either class is missing, since no positive-negative
+pair exists to rank. These cases return quietly: they are expected, not mistakes.
+``summarize`` and ``curves`` turn NaN and infinity into ``None`` so their results go
+straight into JSON.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn import metrics as sk
+from sklearn.exceptions import UndefinedMetricWarning
 
 # Returned when the validation data cannot inform a choice: the natural cut for a probability.
 DEFAULT_THRESHOLD = 0.5
@@ -70,97 +79,64 @@ def _is_integral(values: np.ndarray) -> bool:
     return False
 
 
-def _binary_clf_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False and true positive counts at each distinct score, highest score first."""
-    order = np.argsort(s, kind="mergesort")[::-1]
-    s_sorted = s[order]
-    # Only the last position of a run of equal scores is an attainable cut: a threshold
-    # cannot separate images that scored the same.
-    cut_ends = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]
-    tps = np.cumsum(y[order])[cut_ends]
-    fps = 1 + cut_ends - tps
-    return fps, tps, s_sorted[cut_ends]
+@contextmanager
+def _single_class_allowed():
+    """Silence scikit-learn's warnings about a missing class: the docstrings define those cases."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", "No positive class found", UserWarning)
+        yield
 
 
 def precision_recall_curve(
     y_true: ArrayLike, scores: ArrayLike
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision and recall at every distinct score, as ``sklearn.metrics.precision_recall_curve``.
+    """Precision and recall at every distinct score: ``sklearn.metrics.precision_recall_curve``.
 
     ``thresholds`` increase; ``precision[i]`` and ``recall[i]`` belong to ``thresholds[i]``,
     and the last entries are the (precision 1, recall 0) end point that has no threshold.
-    Without positives recall is 1 everywhere, as in scikit-learn.
+    Without positives recall is 1 everywhere.
     """
     y, s = _validate(y_true, scores)
-    fps, tps, thresholds = _binary_clf_curve(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1] if tps[-1] > 0 else np.ones(tps.shape)
-    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
+    with _single_class_allowed():
+        return sk.precision_recall_curve(y, s)
 
 
 def roc_curve(
     y_true: ArrayLike, scores: ArrayLike, drop_intermediate: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False and true positive rates, as ``sklearn.metrics.roc_curve``.
+    """False and true positive rates: ``sklearn.metrics.roc_curve``.
 
     ``thresholds`` decrease and start at ``inf`` for the (0, 0) point. ``drop_intermediate``
     removes points on straight segments, which change nothing in the plotted curve or its
     area. A rate whose class is absent is NaN throughout.
     """
     y, s = _validate(y_true, scores)
-    fps, tps, thresholds = _binary_clf_curve(y, s)
-    if drop_intermediate and fps.size > 2:
-        corner = np.logical_or(np.diff(fps, 2), np.diff(tps, 2))
-        keep = np.flatnonzero(np.r_[True, corner, True])
-        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
-    fps = np.r_[0, fps]
-    tps = np.r_[0, tps]
-    thresholds = np.r_[np.inf, thresholds]
-    return _rate(fps), _rate(tps), thresholds
-
-
-def _rate(counts: np.ndarray) -> np.ndarray:
-    if counts[-1] == 0:
-        return np.full(counts.shape, np.nan)
-    return counts / counts[-1]
+    with _single_class_allowed():
+        return sk.roc_curve(y, s, drop_intermediate=drop_intermediate)
 
 
 def average_precision(y_true: ArrayLike, scores: ArrayLike) -> float:
-    """Step-wise AP, ``sum_n (R_n - R_{n-1}) P_n``, as ``sklearn.metrics.average_precision_score``.
+    """Step-wise AP, ``sum_n (R_n - R_{n-1}) P_n``: ``sklearn.metrics.average_precision_score``.
 
     NaN when there are no positives: there is no recall to average over.
     """
     y, s = _validate(y_true, scores)
     if not y.any():
         return math.nan
-    precision, recall, _ = precision_recall_curve(y, s)
-    return float(-np.sum(np.diff(recall) * precision[:-1]))
+    return float(sk.average_precision_score(y, s))
 
 
 def auroc(y_true: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC curve, the Mann-Whitney U statistic over ``n_pos * n_neg``.
+    """Area under the ROC curve: ``sklearn.metrics.roc_auc_score``.
 
-    A tied positive-negative pair counts one half. NaN when either class is missing.
+    Equal to the share of positive-negative pairs ranked right, a tied pair counting one
+    half. NaN when either class is missing.
     """
     y, s = _validate(y_true, scores)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return math.nan
-    ranks = _average_ranks(s)
-    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks in ascending order, tied values sharing the mean of their ranks."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
-    stops = np.r_[starts[1:], values.size]
-    ranks = np.empty(values.size)
-    ranks[order] = np.repeat((starts + 1 + stops) / 2, stops - starts)
-    return ranks
+    return float(sk.roc_auc_score(y, s))
 
 
 def choose_threshold(y_true: ArrayLike, scores: ArrayLike) -> float:
@@ -186,7 +162,7 @@ def choose_threshold(y_true: ArrayLike, scores: ArrayLike) -> float:
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
         return DEFAULT_THRESHOLD
-    fps, tps, upper = _binary_clf_curve(y, s)
+    _, fps, _, tps, upper = sk.confusion_matrix_at_thresholds(y, s)
     f1 = 2 * tps / (tps + fps + n_pos)
     # Below the lowest score lies the whole [0, lowest] interval, which predicts the same.
     lower = np.r_[upper[1:], 0.0]
@@ -217,16 +193,13 @@ def confusion(y_true: ArrayLike, scores: ArrayLike, threshold: float) -> dict:
     y, s = _validate(y_true, scores)
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    predicted = s >= threshold
-    actual = y == 1
-    tp = int(np.sum(predicted & actual))
-    fp = int(np.sum(predicted & ~actual))
-    tn = int(np.sum(~predicted & ~actual))
-    fn = int(np.sum(~predicted & actual))
+    tn, fp, fn, tp = (int(n) for n in sk.confusion_matrix(y, (s >= threshold).astype(np.int64),
+                                                          labels=[0, 1]).ravel())
     return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, **_ratios(tp, fp, tn, fn)}
 
 
 def _ratios(tp: int, fp: int, tn: int, fn: int) -> dict:
+    # scikit-learn's zero_division is one constant; the conventions above depend on the case.
     positives = tp + fn
     if tp + fp:
         precision = tp / (tp + fp)

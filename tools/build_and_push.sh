@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build both images; with --registry, also push them and write what was pushed.
-#   local_test/build_and_push.sh [--registry REGISTRY] [--tag TAG] [--output FILE]
+#   tools/build_and_push.sh [--registry REGISTRY] [--tag TAG] [--output FILE]
 # Images: ${TRAIN_REPOSITORY:-dagm-defects-train} and ${SERVE_REPOSITORY:-dagm-defects-serve},
 # each tagged TAG (default: the git commit) and `latest`. With --registry (e.g.
 # 123456789012.dkr.ecr.eu-west-1.amazonaws.com; log in first), the registry's `latest`

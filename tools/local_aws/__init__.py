@@ -5,6 +5,6 @@ CloudWatch alarms that evaluate their metrics), with fault injection for the tes
 failure paths: POST /_local_aws/faults makes chosen API calls fail or stall, and a
 variant slow, failing or hung (faults.py).
 
-Run it with `make local-aws` (python -m local_aws --port 4566, with local_test on
+Run it with `make local-aws` (python -m local_aws --port 4566, with tools on
 PYTHONPATH) and point boto3 at it with AWS_ENDPOINT_URL=http://127.0.0.1:4566.
 """

@@ -2,24 +2,13 @@
 as JSON lines to S3 in the background.
 
 What it follows (the developer guide's "Data capture" and "Capture data from real-time
-endpoint", the API reference's DataCaptureConfig, DataCaptureConfigSummary and
-InvokeEndpoint, and botocore's sagemaker service model for the fields' limits):
+endpoint", and the API reference's DataCaptureConfig and InvokeEndpoint):
 
-- CreateEndpointConfig validates DataCaptureConfig as the service model says, answering
-  ValidationError ("1 validation error detected: ..."): InitialSamplingPercentage,
-  DestinationS3Uri and CaptureOptions are required; InitialSamplingPercentage 0..100;
-  DestinationS3Uri at most 512 characters matching (https|s3)://([^/])/?(.*); KmsKeyId at
-  most 2048 of [a-zA-Z0-9:/_-]; CaptureOptions 1..32 of {CaptureMode: Input | Output |
-  InputAndOutput}; CaptureContentTypeHeader's CsvContentTypes / JsonContentTypes 1..10
-  media types each (1..256 characters, the model's pattern); EnableCapture a boolean
-  (default true). DescribeEndpointConfig answers the DataCaptureConfig as given (and none
-  at all for a config without one). Serverless configs refuse DataCaptureConfig
-  (serverless.py).
+- CreateEndpointConfig validates DataCaptureConfig and DescribeEndpoint shows its
+  DataCaptureConfigSummary (capture_config.py).
 - An endpoint captures per its CURRENT endpoint config: CreateEndpoint takes the
   config's DataCaptureConfig, and an UpdateEndpoint that completes takes the new config's
-  (another percentage or destination, or none: capture stops). DescribeEndpoint shows the
-  DataCaptureConfigSummary: EnableCapture, CaptureStatus (Started when enabled, else
-  Stopped), CurrentSamplingPercentage, DestinationS3Uri and KmsKeyId.
+  (another percentage or destination, or none: capture stops).
 - Each successful InvokeEndpoint is captured with probability InitialSamplingPercentage
   / 100 (an independent uniform draw per request). A captured request is one JSON line:
       {"captureData": {"endpointInput": {"observedContentType", "mode": "INPUT", "data",
@@ -67,12 +56,9 @@ Where it differs, and what is this local AWS's own:
   instead, with service "s3", action "PutObject" and endpoint = the endpoint's name. An API
   fault {"service": "s3", "action": "PutObject", "endpoint": NAME, "error": ...} thus
   fails that endpoint's capture writes (and no client's S3 calls, whose endpoint is none).
-- DestinationS3Uri must be s3://BUCKET[/PREFIX] here (the API also takes https:// object
-  URLs, refused here with ValidationError). Content types are matched on the media type
-  (before any ';', case-insensitive); a CSV/JSON-typed body that is not UTF-8 is written
-  as BASE64. KmsKeyId is not checked against KMS. DescribeEndpoint leaves KmsKeyId out of
-  the summary when the config has none. During a blue/green update the old config's
-  capture applies until the new fleet takes over.
+- Content types are matched on the media type (before any ';', case-insensitive); a
+  CSV/JSON-typed body that is not UTF-8 is written as BASE64. During a blue/green update
+  the old config's capture applies until the new fleet takes over.
 """
 
 from __future__ import annotations
@@ -83,7 +69,6 @@ import datetime
 import json
 import os
 import random
-import re
 import threading
 import time
 import uuid
@@ -94,9 +79,9 @@ from moto.cloudwatch.models import cloudwatch_backends
 from moto.s3.models import s3_backends
 from moto.sagemaker import models as sagemaker_models
 from moto.sagemaker import responses as sagemaker_responses
-from moto.sagemaker.exceptions import ValidationError
 
 from local_aws import faults
+from local_aws.capture_config import summary, validate
 
 FLUSH_ENV = "LOCAL_AWS_CAPTURE_FLUSH_SECONDS"
 BUFFER_ENV = "LOCAL_AWS_CAPTURE_BUFFER"
@@ -106,95 +91,6 @@ LOST_NAMESPACE = "LocalAWS/DataCapture"
 LOST_METRIC = "CaptureRecordsLost"
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
 
-_DESTINATION = re.compile(r"(https|s3)://([^/])/?(.*)")
-_KMS_KEY = re.compile(r"[a-zA-Z0-9:/_-]*")
-_CONTENT_TYPE = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*\/[a-zA-Z0-9](-*[a-zA-Z0-9.])*")
-_MODES = ("Input", "Output", "InputAndOutput")
-
-
-# Validation (CreateEndpointConfig).
-
-def _invalid(value: Any, where: str, constraint: str) -> ValidationError:
-    return ValidationError(message=f"1 validation error detected: Value '{value}' at 'dataCaptureConfig.{where}' "
-                                   f"failed to satisfy constraint: {constraint}")
-
-
-def _check_types(header: dict, key: str) -> None:
-    types = header.get(key)
-    if types is None:
-        return
-    where = f"captureContentTypeHeader.{key[0].lower()}{key[1:]}"
-    if not isinstance(types, list) or not 1 <= len(types) <= 10:
-        raise _invalid(types, where, "Member must have length between 1 and 10")
-    for kind in types:
-        if not (isinstance(kind, str) and 1 <= len(kind) <= 256 and _CONTENT_TYPE.fullmatch(kind)):
-            raise _invalid(kind, f"{where}.member", "Member must have length between 1 and 256 and satisfy "
-                                                    f"regular expression pattern: {_CONTENT_TYPE.pattern}")
-
-
-def validate(config: Any) -> None:
-    """DataCaptureConfig as CreateEndpointConfig checks it: ValidationError when wrong."""
-    if config is None:
-        return
-    if not isinstance(config, dict):
-        raise ValidationError(message="DataCaptureConfig must be a structure")
-    for required in ("InitialSamplingPercentage", "DestinationS3Uri", "CaptureOptions"):
-        if required not in config:
-            raise ValidationError(message=f"1 validation error detected: Value null at 'dataCaptureConfig."
-                                          f"{required[0].lower()}{required[1:]}' failed to satisfy constraint: "
-                                          f"Member must not be null")
-    unknown = set(config) - {"EnableCapture", "InitialSamplingPercentage", "DestinationS3Uri", "KmsKeyId",
-                             "CaptureOptions", "CaptureContentTypeHeader"}
-    if unknown:
-        raise ValidationError(message=f"DataCaptureConfig has unknown field(s): {sorted(unknown)}")
-    if "EnableCapture" in config and not isinstance(config["EnableCapture"], bool):
-        raise _invalid(config["EnableCapture"], "enableCapture", "Member must be a boolean")
-    percentage = config["InitialSamplingPercentage"]
-    if isinstance(percentage, bool) or not isinstance(percentage, int) or not 0 <= percentage <= 100:
-        raise _invalid(percentage, "initialSamplingPercentage",
-                       "Member must have value greater than or equal to 0 and less than or equal to 100")
-    destination = config["DestinationS3Uri"]
-    if not (isinstance(destination, str) and len(destination) <= 512 and _DESTINATION.fullmatch(destination)):
-        raise _invalid(destination, "destinationS3Uri", "Member must have length less than or equal to 512 and "
-                                                        f"satisfy regular expression pattern: {_DESTINATION.pattern}")
-    if not re.fullmatch(r"s3://[^/]+(/.*)?", destination):
-        raise ValidationError(message=f"DestinationS3Uri {destination!r}: this local AWS writes captures to "
-                                      f"s3://BUCKET[/PREFIX] destinations only")
-    kms = config.get("KmsKeyId")
-    if kms is not None and not (isinstance(kms, str) and len(kms) <= 2048 and _KMS_KEY.fullmatch(kms)):
-        raise _invalid(kms, "kmsKeyId", "Member must have length less than or equal to 2048 and satisfy regular "
-                                        f"expression pattern: {_KMS_KEY.pattern}")
-    options = config["CaptureOptions"]
-    if not isinstance(options, list) or not 1 <= len(options) <= 32:
-        raise _invalid(options, "captureOptions", "Member must have length between 1 and 32")
-    for option in options:
-        mode = option.get("CaptureMode") if isinstance(option, dict) else None
-        if mode not in _MODES:
-            raise _invalid(mode, "captureOptions.member.captureMode",
-                           f"Member must satisfy enum value set: [{', '.join(_MODES)}]")
-    header = config.get("CaptureContentTypeHeader")
-    if header is not None:
-        if not isinstance(header, dict) or set(header) - {"CsvContentTypes", "JsonContentTypes"}:
-            raise _invalid(header, "captureContentTypeHeader", "Member must have only CsvContentTypes and "
-                                                               "JsonContentTypes")
-        _check_types(header, "CsvContentTypes")
-        _check_types(header, "JsonContentTypes")
-
-
-def summary(config: dict | None) -> dict | None:
-    """DescribeEndpoint's DataCaptureConfigSummary of the endpoint's current config."""
-    if not config:
-        return None
-    enabled = config.get("EnableCapture", True)
-    described = {"EnableCapture": enabled, "CaptureStatus": "Started" if enabled else "Stopped",
-                 "CurrentSamplingPercentage": config["InitialSamplingPercentage"],
-                 "DestinationS3Uri": config["DestinationS3Uri"]}
-    if config.get("KmsKeyId"):
-        described["KmsKeyId"] = config["KmsKeyId"]
-    return described
-
-
-# Capturing.
 
 @dataclass
 class Event:

@@ -242,8 +242,6 @@ def _control(environ: dict, start_response) -> list[bytes]:
     def answer(status: int, value: Any) -> list[bytes]:
         return control.answer(start_response, status, value)
 
-    if environ.get("PATH_INFO", "").rstrip("/") != CONTROL_PATH:
-        return answer(404, {"error": "no such call"})
     if method == "GET":
         with _LOCK:
             fired = dict(_FIRED)

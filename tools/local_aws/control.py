@@ -2,7 +2,7 @@
 
 Tests steer what AWS does not let a client steer (the images programs stand for, the
 async queue's size, firing a schedule now) through small JSON APIs at their own paths;
-`mount` routes a path and everything under it to its WSGI handler, ahead of moto.
+`mount` routes a path to its WSGI handler, ahead of moto.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ _ROUTES: dict[str, Callable] = {}
 
 
 def mount(path: str, handler: Callable) -> None:
-    """Serve `path` (and `path/...`) with `handler(environ, start_response)`."""
+    """Serve `path` with `handler(environ, start_response)`; `path/...` is no such call (404)."""
     from moto.moto_server import werkzeug_app
 
     _ROUTES[path.rstrip("/")] = handler
@@ -26,8 +26,10 @@ def mount(path: str, handler: Callable) -> None:
     def __call__(self, environ, start_response):
         path_info = environ.get("PATH_INFO", "").rstrip("/")
         for route, route_handler in _ROUTES.items():
-            if path_info == route or path_info.startswith(route + "/"):
+            if path_info == route:
                 return route_handler(environ, start_response)
+            if path_info.startswith(route + "/"):
+                return answer(start_response, 404, {"error": f"{environ.get('PATH_INFO')}: no such call"})
         return original(self, environ, start_response)
 
     dispatcher.__call__ = __call__

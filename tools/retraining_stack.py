@@ -2,7 +2,7 @@
 retraining on new profiles, deploying what is approved in the model registry, and the
 hourly capture monitor.
 
-    AWS_ENDPOINT_URL=http://127.0.0.1:4566 .venv/bin/python local_test/retraining_stack.py \\
+    AWS_ENDPOINT_URL=http://127.0.0.1:4566 .venv/bin/python tools/retraining_stack.py \\
         --bucket dagm-data --endpoint dagm --topic SNS_ARN [--role ARN] [--hosting-role ARN] \\
         [--training-image dagm-defects-train:latest] [--parameter Name=Value ...] \
         [--variable NAME=VALUE ...] [--alarm-period 300]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the ECR repositories for both images if they do not exist yet (idempotent).
-#   local_test/create_repositories.sh [REPOSITORY...]
+#   tools/create_repositories.sh [REPOSITORY...]
 # Defaults: $TRAIN_REPOSITORY and $SERVE_REPOSITORY (dagm-defects-train/-serve). Region
 # and account come from the AWS CLI's usual configuration (AWS_DEFAULT_REGION, ...).
 set -euo pipefail

@@ -1,6 +1,6 @@
 """`make local-aws`: run the local AWS in the foreground until interrupted.
 
-    PYTHONPATH=local_test python -m local_aws [--port 4566] [--work DIR]
+    PYTHONPATH=tools python -m local_aws [--port 4566] [--work DIR]
 
 Prints `local AWS ready at http://127.0.0.1:PORT` once it answers. Clients use
 AWS_ENDPOINT_URL=http://127.0.0.1:PORT with any credentials (e.g. testing/testing).
