@@ -120,8 +120,9 @@ def suite(records: dict) -> str:
         return not_yet("suite")
     r = records["suite"]["results"]
     return "\n\n".join([
-        table(["test suite", "minutes", "seconds", "outcomes", "exit status"],
-              [["`make test`", f"{r['seconds'] / 60:.1f}", r["seconds"], suite_counts(r), r["exit_status"]]]),
+        table(["test suite", "workers", "minutes", "seconds", "outcomes", "exit status"],
+              [["`make test`", r.get("workers") or 1, f"{r['seconds'] / 60:.1f}", r["seconds"], suite_counts(r),
+                r["exit_status"]]]),
         provenance(records["suite"])])
 
 

@@ -27,12 +27,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("suite_record")
-    if path is None:
+    if path is None or hasattr(session.config, "workerinput"):  # an xdist worker: its controller records
         return
     stats = session.config.pluginmanager.get_plugin("terminalreporter").stats
     results = {
         "seconds": round(time.monotonic() - session.stash[_STARTED], 1),
         **{outcome: len(stats.get(outcome, [])) for outcome in OUTCOMES},
         "exit_status": int(exitstatus),
+        "workers": int(session.config.getoption("numprocesses", None) or 0),
     }
     write_record(path, "suite", results, ["python", "-m", "pytest", *session.config.invocation_params.args])

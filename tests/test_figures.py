@@ -46,7 +46,7 @@ REAL_DAGM = {
                                   "precision": 1.0, "threshold": 0.2, "training_minutes": 4.32},
 }
 SUITE = {"seconds": 1038.4, "passed": 412, "failed": 0, "skipped": 5, "error": 0, "xfailed": 0, "xpassed": 0,
-         "deselected": 0, "exit_status": 0}
+         "deselected": 0, "exit_status": 0, "workers": 2}
 PROVENANCE = ("Measured 2026-12-05 18:50 UTC on AMD EPYC 7B13 (2 cores, 7.8 GB, no GPU; Python 3.11.9, "
               "torch 2.14.1) at commit abc1234 by `python bench/serving.py --record docs/results/serving.json`.")
 
@@ -100,7 +100,7 @@ def test_blocks_are_rendered_from_their_records_with_the_provenance_line(site):
                  "| seed 1 | 160 (30) | 0.9900 | 1.0000 | 1.0000 | 1.0000 | 0.153 | 3.56 | 180.0 | 185.7 |",
                  "| mean of 2 |  | 0.9950 | 1.0000 | 1.0000 | 1.0000 | 0.153 | 3.63 | 175.0 | 178.6 |",
                  "| synthetic only, on genuine | 800 (150) | 0.9997 | 0.9999 | 0.9933 | 1.0000 | 0.200 | 4.32 |  |  |",
-                 "| `make test` | 17.3 | 1038.4 | 412 passed, 0 failed, 5 skipped | 0 |"]:
+                 "| `make test` | 2 | 17.3 | 1038.4 | 412 passed, 0 failed, 5 skipped | 0 |"]:
         assert line in page.splitlines(), line
     readme = (site / "README.md").read_text()
     for line in ["| genuine DAGM Class 8, held-out AP (2 seeds) | mean 0.9950, lowest 0.9900 |",
@@ -194,22 +194,25 @@ def test_the_serving_bench_keeps_its_flags_after_its_split():
         assert flag in result.stdout, flag
 
 
-def test_the_suite_writes_its_own_record(tmp_path):
+@pytest.mark.parametrize("workers", [[], ["-p", "xdist", "-n", "2"]], ids=["one process", "two xdist workers"])
+def test_the_suite_writes_its_own_record(tmp_path, workers):
+    """Once, by the controller, when xdist workers run the tests (`make test` runs two)."""
     (tmp_path / "test_sample.py").write_text(
         "import time\nimport pytest\n\ndef test_passes():\n    time.sleep(0.3)\n\ndef test_fails():\n    assert False\n\n"
         "@pytest.mark.skip(reason='sample')\ndef test_skipped():\n    pass\n")
     record_path = tmp_path / "suite.json"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "suite_record", "-p", "no:cacheprovider",
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "suite_record", "-p", "no:cacheprovider", *workers,
                              "--suite-record", str(record_path), "test_sample.py"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(BENCH)})
     assert result.returncode == 1, result.stdout  # the sample's failure
     record = load_record(record_path)
     assert record["benchmark"] == "suite"
-    assert record["command"] == ["python", "-m", "pytest", "-p", "suite_record", "-p", "no:cacheprovider",
+    assert record["command"] == ["python", "-m", "pytest", "-p", "suite_record", "-p", "no:cacheprovider", *workers,
                                  "--suite-record", str(record_path), "test_sample.py"]
     results = record["results"]
     assert (results["passed"], results["failed"], results["skipped"], results["exit_status"]) == (1, 1, 1, 1)
+    assert results["workers"] == (2 if workers else 0)
     assert 0.3 <= results["seconds"] < 120
 
 
