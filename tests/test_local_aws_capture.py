@@ -249,20 +249,33 @@ def test_async_invocations_are_captured_with_their_inference_id(local_aws, endpo
     assert all(r["captureData"]["endpointOutput"]["encoding"] == "JSON" for _, r in found)
 
 
+STALL_S = 0.2  # the injected S3 stall of each capture write
+
+
+def within_half_the_stall(latencies: dict[str, list[float]]) -> dict:
+    """Median and p99 of capture "on" and "off", and whether "on" is within STALL_S / 2 of
+    "off" on both: a write in the request's path adds the whole stall to each."""
+    figures = {f"{figure}_{side}": value for side, values in latencies.items()
+               for figure, value in (("median", statistics.median(values)),
+                                     ("p99", sorted(values)[int(0.99 * len(values)) - 1]))}
+    within = all(figures[f"{figure}_on"] <= figures[f"{figure}_off"] + STALL_S / 2 for figure in ("median", "p99"))
+    return {**figures, "within": within}
+
+
 def test_failed_capture_writes_lose_captures_not_requests_nor_latency(local_aws, endpoint, faults):
     """Capture on (100 %, every S3 write of it failing after a 0.2 s stall) against capture
     off, side by side: two endpoints of the same model, requests alternating one by one
-    between them so that the VM's drift hits both alike, and the two swap their configs
-    halfway so that neither serve process's own speed counts for one side. The bound: p99
-    with capture within 10 % of p99 without, plus 2 ms of absolute slack (a 2-core VM shared
-    with other work jitters by about that much). A capture write in the request's path
-    would add the 0.2 s stall to every captured request. With 320 requests a side, replayed
-    latencies of a loaded VM miss the bound about once in 200 rounds; a missed round is
-    measured once more, which a real slowdown fails again."""
+    between them so that the machine's drift hits both alike, and the two swap their configs
+    halfway so that neither serve process's own speed counts for one side. A capture write
+    in the request's path would add the 0.2 s stall to every captured request, so the bound
+    is half of it, on the median and on p99: wide enough for the tail of a machine that runs
+    other tests beside this one (`make test` runs two workers), which a p99 within 10 %
+    was not. Capture's own small cost is the benchmarks' to measure, not a test's. A missed
+    round is measured once more, which a real slowdown fails again."""
     other = "capture-b"
     make_config(local_aws, "capture-faulted", capture_config(f"s3://{BUCKET}/faulted"))
     for name in (ENDPOINT, other):
-        faults.add(service="s3", action="PutObject", endpoint=name, error="InternalError", delay_s=0.2, times=0)
+        faults.add(service="s3", action="PutObject", endpoint=name, error="InternalError", delay_s=STALL_S, times=0)
     client(local_aws, "sagemaker").create_endpoint(EndpointName=other, EndpointConfigName="capture-none")
     endpoint_in_service(local_aws, other)
     runtime = client(local_aws, "sagemaker-runtime")
@@ -282,14 +295,12 @@ def test_failed_capture_writes_lose_captures_not_requests_nor_latency(local_aws,
                     failed += 1
                 latencies[side].append(time.perf_counter() - begin)
             captured[on] += 160
-        p99 = {side: sorted(values)[int(0.99 * len(values)) - 1] for side, values in latencies.items()}
-        rounds.append({**p99, "median_on": statistics.median(latencies["on"]),
-                       "median_off": statistics.median(latencies["off"])})
-        if p99["on"] <= 1.10 * p99["off"] + 0.002:
+        rounds.append(within_half_the_stall(latencies))
+        if rounds[-1]["within"]:
             break
     switch(local_aws, "capture-none", ENDPOINT)
     assert failed == 0
-    assert rounds[-1]["on"] <= 1.10 * rounds[-1]["off"] + 0.002, rounds
+    assert rounds[-1]["within"], rounds
 
     deadline = time.monotonic() + 30
     while lost_counts(local_aws, started, captured) != captured and time.monotonic() < deadline:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import statistics
 import time
 import uuid
 
@@ -163,8 +164,8 @@ def test_production_answers_and_shadow_answers_are_captured(local_aws, endpoints
     assert metric_sum(local_aws, "shadowed", PROD, "Invocations", since) == n
 
 
-def side_by_side(url: str, runtime, count: int, seed: int) -> tuple[dict[str, float], int]:
-    """p99 latency of "shadowed" and "solo", requests alternating one by one; client errors."""
+def side_by_side(url: str, runtime, count: int, seed: int) -> tuple[dict[str, list[float]], int]:
+    """Latencies of "shadowed" and "solo", requests alternating one by one; client errors."""
     latencies: dict[str, list[float]] = {"shadowed": [], "solo": []}
     errors = 0
     for i in range(2 * count):
@@ -177,41 +178,52 @@ def side_by_side(url: str, runtime, count: int, seed: int) -> tuple[dict[str, fl
         except ClientError:
             errors += 1
         latencies[name].append(time.perf_counter() - begin)
-    return {n: sorted(v)[int(0.99 * len(v)) - 1] for n, v in latencies.items()}, errors
+    return latencies, errors
+
+
+def within(latencies: dict[str, list[float]], margin_s: float) -> dict:
+    """Median and p99 of "shadowed" and "solo", and whether "shadowed" is within `margin_s`
+    of "solo" on both."""
+    figures = {f"{figure}_{name}": value for name, values in latencies.items()
+               for figure, value in (("median", statistics.median(values)),
+                                     ("p99", sorted(values)[int(0.99 * len(values)) - 1]))}
+    return {**figures, "within": all(figures[f"{figure}_shadowed"] <= figures[f"{figure}_solo"] + margin_s
+                                     for figure in ("median", "p99"))}
 
 
 QUEUE = 64  # shadow.py's default LOCAL_AWS_SHADOW_QUEUE (the session's local AWS sets none)
 
 
-# (fault, the fewest copies dropped, whether every shadow call errs)
+# (fault, the fewest copies dropped, whether every shadow call errs, what a shadow call in
+# the request's path would add to each request: a hang holds it for the call's whole timeout)
 REQUESTS = 120  # a side, a round
-BROKEN = {"hang": ({"hang": True}, REQUESTS - QUEUE - 1, False),
-          "status-500": ({"status": 500, "delay_s": 0.05}, 0, True)}
+BROKEN = {"hang": ({"hang": True}, REQUESTS - QUEUE - 1, False, 1.0),
+          "status-500": ({"status": 500, "delay_s": 0.05}, 0, True, 0.05)}
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_shadow_changes_no_answer_nor_latency(local_aws, endpoints, faults, case):
     """The shadow hangs, or answers 500 after 50 ms; "shadowed" against "solo", requests
-    alternating one by one so that the VM's drift hits both alike. The bound: p99 with the
-    broken shadow within 10 % of p99 without, plus 3 ms of absolute slack (a 2-core VM
-    shared with other work jitters by about that much). A shadow call in the request's path
-    would hang every request, or add 50 ms and a ModelError. A missed round is measured once
-    more (a loaded VM's tail), which a real slowdown fails again. A hung shadow's worker holds
-    its first copy: the queue fills and the rest are dropped, counted; once the fault goes,
-    every copy is accounted for as a shadow invocation or a drop."""
-    fault, fewest_dropped, all_err = BROKEN[case]
+    alternating one by one so that the machine's drift hits both alike. A shadow call in the
+    request's path would hang every request, or add 50 ms and a ModelError, so the bound is
+    half of what it would add, on the median and on p99: wide enough for the tail of a
+    machine that runs other tests beside this one (`make test` runs two workers). A missed
+    round is measured once more, which a real slowdown fails again. A hung shadow's worker
+    holds its first copy: the queue fills and the rest are dropped, counted; once the fault
+    goes, every copy is accounted for as a shadow invocation or a drop."""
+    fault, fewest_dropped, all_err, in_path_s = BROKEN[case]
     runtime = client(local_aws, "sagemaker-runtime", ONCE)
     since = next_second()
     faults.add(endpoint="shadowed", variant=SHADOW, **fault)
     rounds, errors = [], 0
     for attempt in range(2):
-        p99, failed = side_by_side(local_aws, runtime, REQUESTS, 1000 * (attempt + 1))
+        latencies, failed = side_by_side(local_aws, runtime, REQUESTS, 1000 * (attempt + 1))
         errors += failed
-        rounds.append(p99)
-        if p99["shadowed"] <= 1.10 * p99["solo"] + 0.003:
+        rounds.append(within(latencies, in_path_s / 2))
+        if rounds[-1]["within"]:
             break
     assert errors == 0
-    assert rounds[-1]["shadowed"] <= 1.10 * rounds[-1]["solo"] + 0.003, rounds
+    assert rounds[-1]["within"], rounds
     dropped = metric_sum(local_aws, "shadowed", SHADOW, "ShadowRequestsDropped", since, "LocalAWS/Shadow")
     assert dropped >= fewest_dropped * len(rounds)
     if case == "hang":  # a hung worker goes on once its fault is removed; a 500 one stays for the rest
