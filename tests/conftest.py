@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -59,6 +60,16 @@ class Job:
             if line.startswith(prefix):
                 rows.append(dict(part.split("=", 1) for part in line.split() if "=" in part))
         return rows
+
+
+def latency_within(latencies: dict[str, list[float]], slower: str, baseline: str, margin_s: float) -> dict:
+    """Median and p99 of each side, and whether `slower` is within `margin_s` of `baseline`
+    on both: the side-by-side latency tests' verdict, with the figures for their message."""
+    figures = {f"{figure}_{side}": value for side, values in latencies.items()
+               for figure, value in (("median", statistics.median(values)),
+                                     ("p99", sorted(values)[int(0.99 * len(values)) - 1]))}
+    return {**figures, "within": all(figures[f"{figure}_{slower}"] <= figures[f"{figure}_{baseline}"] + margin_s
+                                     for figure in ("median", "p99"))}
 
 
 def job_env() -> dict[str, str]:

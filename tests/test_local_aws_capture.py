@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import aws_client as client
-from conftest import endpoint_in_service, model_tarball, noise_png, png, upload
+from conftest import endpoint_in_service, latency_within, model_tarball, noise_png, png, upload
 
 pytestmark = pytest.mark.slow
 
@@ -252,16 +251,6 @@ def test_async_invocations_are_captured_with_their_inference_id(local_aws, endpo
 STALL_S = 0.2  # the injected S3 stall of each capture write
 
 
-def within_half_the_stall(latencies: dict[str, list[float]]) -> dict:
-    """Median and p99 of capture "on" and "off", and whether "on" is within STALL_S / 2 of
-    "off" on both: a write in the request's path adds the whole stall to each."""
-    figures = {f"{figure}_{side}": value for side, values in latencies.items()
-               for figure, value in (("median", statistics.median(values)),
-                                     ("p99", sorted(values)[int(0.99 * len(values)) - 1]))}
-    within = all(figures[f"{figure}_on"] <= figures[f"{figure}_off"] + STALL_S / 2 for figure in ("median", "p99"))
-    return {**figures, "within": within}
-
-
 def test_failed_capture_writes_lose_captures_not_requests_nor_latency(local_aws, endpoint, faults):
     """Capture on (100 %, every S3 write of it failing after a 0.2 s stall) against capture
     off, side by side: two endpoints of the same model, requests alternating one by one
@@ -295,7 +284,7 @@ def test_failed_capture_writes_lose_captures_not_requests_nor_latency(local_aws,
                     failed += 1
                 latencies[side].append(time.perf_counter() - begin)
             captured[on] += 160
-        rounds.append(within_half_the_stall(latencies))
+        rounds.append(latency_within(latencies, "on", "off", STALL_S / 2))
         if rounds[-1]["within"]:
             break
     switch(local_aws, "capture-none", ENDPOINT)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import statistics
 import time
 import uuid
 
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ONCE, endpoint_in_service, model_tarball, noise_png, processes_tagged, upload
+from conftest import ONCE, endpoint_in_service, latency_within, model_tarball, noise_png, processes_tagged, upload
 from conftest import aws_client as client
 
 pytestmark = pytest.mark.slow
@@ -181,16 +180,6 @@ def side_by_side(url: str, runtime, count: int, seed: int) -> tuple[dict[str, li
     return latencies, errors
 
 
-def within(latencies: dict[str, list[float]], margin_s: float) -> dict:
-    """Median and p99 of "shadowed" and "solo", and whether "shadowed" is within `margin_s`
-    of "solo" on both."""
-    figures = {f"{figure}_{name}": value for name, values in latencies.items()
-               for figure, value in (("median", statistics.median(values)),
-                                     ("p99", sorted(values)[int(0.99 * len(values)) - 1]))}
-    return {**figures, "within": all(figures[f"{figure}_shadowed"] <= figures[f"{figure}_solo"] + margin_s
-                                     for figure in ("median", "p99"))}
-
-
 QUEUE = 64  # shadow.py's default LOCAL_AWS_SHADOW_QUEUE (the session's local AWS sets none)
 
 
@@ -219,7 +208,7 @@ def test_a_broken_shadow_changes_no_answer_nor_latency(local_aws, endpoints, fau
     for attempt in range(2):
         latencies, failed = side_by_side(local_aws, runtime, REQUESTS, 1000 * (attempt + 1))
         errors += failed
-        rounds.append(within(latencies, in_path_s / 2))
+        rounds.append(latency_within(latencies, "shadowed", "solo", in_path_s / 2))
         if rounds[-1]["within"]:
             break
     assert errors == 0
