@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -45,6 +46,15 @@ def test_successful_job_writes_model_evaluation_and_checkpoint(trained_job):
     assert (job.work / "checkpoints" / CHECKPOINT_FILE).is_file()
     assert (job.work / "output" / "success").exists() and job.failure is None
 
+    # The guide's way to read it: a table with a row per class and one for all.
+    table = subprocess.run([sys.executable, "-m", "dagm_defects.evaluation.report", str(data / "evaluation.json")],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[2:]}
+    assert set(rows) == {"1", "2", "all"}
+    assert rows["all"][1:3] == [str(evaluation["overall"]["n"]), str(evaluation["overall"]["n_defective"])]
+    assert float(rows["all"][3]) == pytest.approx(evaluation["overall"]["ap"], abs=5e-4)
+
 
 def test_metrics_are_logged_as_stable_tokens_for_metric_definitions(trained_job):
     epochs = trained_job.tokens("epoch=")
@@ -68,6 +78,19 @@ def test_train_split_alone_validates_and_evaluates_on_held_out_train_images(make
     assert evaluation["overall"]["n"] == 5 and len(evaluation["scores"]) == 5
     data_line = next(line for line in job.output.splitlines() if line.startswith("event=data"))
     assert 'test_source="the validation set (25%' in data_line
+
+
+def test_a_last_batch_of_one_image_is_left_out_not_a_batch_norm_error(make_dataset, tmp_path):
+    """15 training images in batches of 7 leave one image over, which batch norm cannot
+    train on ("Expected more than 1 value per channel"): the epoch trains on 14 (the
+    epoch's line says how many)."""
+    data = make_dataset(classes=(1,), images_per_split=20, size=128)
+    shutil.rmtree(data / "Class1" / "Test")
+    job = run_training(data, tmp_path / "ml", {**TINY_HPS, "epochs": "1", "batch_size": "7",
+                                               "validation_fraction": "0.25"})
+    assert job.returncode == 0, job.output[-3000:]
+    epoch = next(line for line in job.output.splitlines() if line.startswith("epoch=1 "))
+    assert " epoch_images=14 " in epoch, epoch
 
 
 def test_artifact_loads_without_training_code(trained_job):

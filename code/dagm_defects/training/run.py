@@ -53,11 +53,14 @@ def _training_statistics(splits: DataSplits) -> dict:
     }
 
 
-def _epoch_indices(labels: np.ndarray, epoch: int, seed: int, rank: int, world: int) -> np.ndarray:
+def _epoch_indices(labels: np.ndarray, epoch: int, seed: int, rank: int, world: int, batch_size: int) -> np.ndarray:
     # The same draw on every rank, then equal disjoint shards: no rank waits on another.
     order = balanced_indices(labels, np.random.default_rng([seed, epoch]))
     per_rank = len(order) // world
-    return order[rank * per_rank : (rank + 1) * per_rank] if world > 1 else order
+    shard = order[rank * per_rank : (rank + 1) * per_rank] if world > 1 else order
+    # A last batch of one image cannot train batch norm (one value per channel, an error in
+    # torch); that image is one random draw of this epoch, so it is left out.
+    return shard[:-1] if len(shard) > 1 and len(shard) % batch_size == 1 else shard
 
 
 def _learning_rate(base: float, epoch: int, epochs: int) -> float:
@@ -132,7 +135,7 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
     for epoch in range(state.epochs_done, hp.epochs):
         epoch_started = time.monotonic()
         rng = np.random.default_rng([hp.seed, epoch, rank])
-        indices = _epoch_indices(splits.train.labels, epoch, hp.seed, rank, world)
+        indices = _epoch_indices(splits.train.labels, epoch, hp.seed, rank, world, hp.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(hp.learning_rate, epoch, hp.epochs)
         if monitor:
@@ -160,7 +163,8 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
         state.history.append(record)
         lr, images_per_sec = optimizer.param_groups[0]["lr"], stats.images_per_sec * world
         _log(**{k: _num(v) if k.startswith("val_") else v for k, v in record.items()},
-             lr=lr, train_images_per_sec=images_per_sec, elapsed_s=time.monotonic() - started)
+             lr=lr, epoch_images=stats.images * world, train_images_per_sec=images_per_sec,
+             elapsed_s=time.monotonic() - started)
         if leader:
             save_checkpoint(settings.checkpoint_dir, model, optimizer, state, identity)
         if observer:
