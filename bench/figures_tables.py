@@ -115,14 +115,23 @@ def suite_counts(r: dict) -> str:
     return ", ".join(counts + [f"{r[k]} {k}" for k in ("error", "xfailed", "xpassed", "deselected") if r[k]])
 
 
+def doc_commands(r: dict) -> str:
+    """What became of the commands the docs show (tests/command_ledger.py), where recorded."""
+    c = r.get("doc_commands")
+    if c is None:
+        return "not recorded"
+    return (f"{c['shown']} shown: {c['ran']} ran in the suite, {c['in_ci_run']} by .ci/run, "
+            f"{c['not_run_here']} cannot run here, {c['missing']} did not run")
+
+
 def suite(records: dict) -> str:
     if "suite" not in records:
         return not_yet("suite")
     r = records["suite"]["results"]
     return "\n\n".join([
-        table(["test suite", "workers", "minutes", "seconds", "outcomes", "exit status"],
+        table(["test suite", "workers", "minutes", "seconds", "outcomes", "exit status", "commands the docs show"],
               [["`make test`", r.get("workers") or 1, f"{r['seconds'] / 60:.1f}", r["seconds"], suite_counts(r),
-                r["exit_status"]]]),
+                r["exit_status"], doc_commands(r)]]),
         provenance(records["suite"])])
 
 

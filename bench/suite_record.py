@@ -14,6 +14,8 @@ from record import write_record
 
 OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed", "deselected")
 _STARTED = pytest.StashKey[float]()
+# Figures other plugins add to the record (command_ledger.py: the docs' commands that ran).
+FIGURES = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,7 +27,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.stash[_STARTED] = time.monotonic()
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def pytest_sessionfinish(session: pytest.Session) -> None:
     path = session.config.getoption("suite_record")
     if path is None or hasattr(session.config, "workerinput"):  # an xdist worker: its controller records
         return
@@ -33,7 +35,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     results = {
         "seconds": round(time.monotonic() - session.stash[_STARTED], 1),
         **{outcome: len(stats.get(outcome, [])) for outcome in OUTCOMES},
-        "exit_status": int(exitstatus),
+        "exit_status": int(session.exitstatus),
         "workers": int(session.config.getoption("numprocesses", None) or 0),
+        **session.config.stash.get(FIGURES, {}),
     }
     write_record(path, "suite", results, ["python", "-m", "pytest", *session.config.invocation_params.args])

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: sample DAGM data -> training job (the image's `train` entry) -> results ->
 # serving (the image's `serve` entry) -> predictions over HTTP.
-#   local_test/demo.sh [OUT_DIR]   (default demo-output; DEMO_CLASSES, DEMO_IMAGES and
-#   DEMO_PORT, default 8080, override)
+#   local_test/demo.sh [OUT_DIR]   (default demo-output; DEMO_CLASSES, DEMO_IMAGES, DEMO_SIZE,
+#   DEMO_HYPERPARAMETERS, a JSON file or text, and DEMO_PORT, default 8080, override)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-demo-output}"
@@ -10,15 +10,17 @@ out="${1:-demo-output}"
 # Two classes: at width 0.125 one model for 3,4,6 and 8 never learned class 8 (docs/train.md).
 classes="${DEMO_CLASSES:-3,8}"
 images="${DEMO_IMAGES:-300}"
+size="${DEMO_SIZE:-512}"
+hyperparameters="${DEMO_HYPERPARAMETERS:-$here/hyperparameters/real-cpu.json}"
 started=$(date +%s)
 
-echo "== 1/4 sample DAGM data: classes $classes, $images images per split, 512x512 -> $out/data"
+echo "== 1/4 sample DAGM data: classes $classes, $images images per split, ${size}x$size -> $out/data"
 rm -rf "$out/data"
-dagm-synth "$out/data" --classes "$classes" --images-per-split "$images" --seed 0
+dagm-synth "$out/data" --classes "$classes" --images-per-split "$images" --size "$size" --seed 0
 
-echo "== 2/4 training job (local_test/train_local.sh: the image's entry command, /opt/ml = $out/opt_ml), the CPU recipe"
+echo "== 2/4 training job (local_test/train_local.sh: the image's entry command, /opt/ml = $out/opt_ml), hyperparameters $hyperparameters"
 rm -rf "$out/opt_ml"
-"$here/train_local.sh" "$out/data" "$out/opt_ml" "$here/hyperparameters/real-cpu.json"
+"$here/train_local.sh" "$out/data" "$out/opt_ml" "$hyperparameters"
 
 echo "== 3/4 evaluation on the Test split ($out/opt_ml/output/data: evaluation.json, pr_roc.png, confusion.png, masks.png)"
 python -m dagm_defects.evaluation.report "$out/opt_ml/output/data/evaluation.json"

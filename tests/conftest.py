@@ -27,7 +27,7 @@ from dagm_synth import generate_dataset
 from local_aws.hosting import free_port
 
 # `--suite-record PATH` (make test): the run's duration and counts as a benchmark record.
-pytest_plugins = ["suite_record"]
+pytest_plugins = ["suite_record", "command_ledger"]
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_LOCAL = REPO / "local_test" / "train_local.sh"

@@ -14,7 +14,6 @@ import functools
 import importlib.util
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,18 +22,11 @@ from typing import Callable
 import pytest
 import yaml
 
-from conftest import REPO
+from doc_commands import (ASSIGNMENT, BIN, DOCS, REPO, doc_files, help_text, shell_commands,
+                          simple_commands, subcommands)
 
-BIN = Path(sys.executable).parent
-DOCS = REPO / "docs"
 README_MAX_LINES = 150
-SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 PYTHONS = {"python", "python3", "python3.11"}
-SEPARATORS = {"|", "||", "&&", ";", "&"}
-REDIRECTS = {">", ">>", "<", ">&", "<&"}
-ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
-
 NOT_CHECKED = {
     "docker": "Docker's CLI: not ours, and no daemon where the suite runs (make image-test runs the images)",
     "aws": "the AWS CLI: not installed in .venv; the tests make the same calls through boto3",
@@ -44,58 +36,10 @@ NOT_CHECKED = {
 }
 
 
-def doc_files() -> list[Path]:
-    return [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
-
-
-def shell_commands(markdown: str) -> list[str]:
-    """The commands of the markdown's shell blocks, continuation lines joined; in a
-    `console` block only the lines after a `$ ` prompt are commands."""
-    commands = []
-    for language, body in FENCE.findall(markdown):
-        if language not in SHELL_LANGUAGES:
-            continue
-        lines = body.replace("\\\n", " ").splitlines()
-        if language == "console":
-            lines = [line[2:] for line in lines if line.startswith("$ ")]
-        commands += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    return commands
-
-
-def simple_commands(line: str) -> list[list[str]]:
-    """`line` split at pipes and `&&`, `;`, `&` into argument lists, redirections and
-    comments dropped, `[--optional ...]` brackets taken off."""
-    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
-    lexer.whitespace_split, lexer.commenters = True, "#"
-    commands, current, tokens = [], [], list(lexer)
-    skip = False
-    for index, token in enumerate(tokens):
-        if skip:
-            skip = False
-        elif token in SEPARATORS:
-            commands.append(current)
-            current = []
-        elif token in REDIRECTS:
-            if current and current[-1].isdigit() and index and tokens[index - 1] == current[-1]:
-                current.pop()  # the `2` of `2>/dev/null`
-            skip = True
-        else:
-            current.append(token.strip("[]"))
-    commands.append(current)
-    return [c for c in commands if c]
-
-
 @functools.lru_cache(maxsize=None)
 def makefile_targets() -> frozenset[str]:
     text = (REPO / "Makefile").read_text()
     return frozenset(re.findall(r"^([A-Za-z0-9_.-]+)\s*:(?!=)", text, re.MULTILINE))
-
-
-@functools.lru_cache(maxsize=None)
-def help_text(argv: tuple[str, ...], pythonpath: str = "") -> str:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in pythonpath.split(os.pathsep) if p)}
-    result = subprocess.run([*argv, "--help"], capture_output=True, text=True, cwd=REPO, env=env, timeout=180)
-    return result.stdout + result.stderr
 
 
 def script_usage(path: Path) -> str:
@@ -107,15 +51,6 @@ def script_usage(path: Path) -> str:
             break
         header.append(line)
     return "\n".join(header)
-
-
-def subcommands(usage: str) -> set[str]:
-    """The program's subcommands: argparse's `{a,b,c}` in its usage line, or the names
-    click lists under `Commands:`; none for a program without them."""
-    found = re.search(r"^usage:[^\n{]*\{([\w,-]+)\}", usage, re.MULTILINE)
-    if found:
-        return set(found.group(1).split(","))
-    return set(re.findall(r"^  ([\w-]+)", usage.partition("\nCommands:\n")[2], re.MULTILINE))
 
 
 def lacking(name: str, args: list[str], usage: Callable[[], str]) -> str | None:

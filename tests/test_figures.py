@@ -46,7 +46,8 @@ REAL_DAGM = {
                                   "precision": 1.0, "threshold": 0.2, "training_minutes": 4.32},
 }
 SUITE = {"seconds": 1038.4, "passed": 412, "failed": 0, "skipped": 5, "error": 0, "xfailed": 0, "xpassed": 0,
-         "deselected": 0, "exit_status": 0, "workers": 2}
+         "deselected": 0, "exit_status": 0, "workers": 2,
+         "doc_commands": {"shown": 62, "ran": 51, "in_ci_run": 2, "not_run_here": 9, "missing": 0}}
 PROVENANCE = ("Measured 2026-12-05 18:50 UTC on AMD EPYC 7B13 (2 cores, 7.8 GB, no GPU; Python 3.11.9, "
               "torch 2.14.1) at commit abc1234 by `python bench/serving.py --record docs/results/serving.json`.")
 
@@ -100,7 +101,8 @@ def test_blocks_are_rendered_from_their_records_with_the_provenance_line(site):
                  "| seed 1 | 160 (30) | 0.9900 | 1.0000 | 1.0000 | 1.0000 | 0.153 | 3.56 | 180.0 | 185.7 |",
                  "| mean of 2 |  | 0.9950 | 1.0000 | 1.0000 | 1.0000 | 0.153 | 3.63 | 175.0 | 178.6 |",
                  "| synthetic only, on genuine | 800 (150) | 0.9997 | 0.9999 | 0.9933 | 1.0000 | 0.200 | 4.32 |  |  |",
-                 "| `make test` | 2 | 17.3 | 1038.4 | 412 passed, 0 failed, 5 skipped | 0 |"]:
+                 "| `make test` | 2 | 17.3 | 1038.4 | 412 passed, 0 failed, 5 skipped | 0 | 62 shown: 51 ran in the "
+                 "suite, 2 by .ci/run, 9 cannot run here, 0 did not run |"]:
         assert line in page.splitlines(), line
     readme = (site / "README.md").read_text()
     for line in ["| genuine DAGM Class 8, held-out AP (2 seeds) | mean 0.9950, lowest 0.9900 |",

@@ -333,11 +333,16 @@ def _cli(*args: str, cwd: Path, command: list[str] = MODULE) -> subprocess.Compl
 @pytest.mark.parametrize("command", [MODULE, SCRIPT], ids=["module", "script"])
 def test_cli_writes_and_summarises(tmp_path, command):
     result = _cli(str(tmp_path / "out"), "--classes", "1,7", "--images-per-split", "3",
-                  "--size", "64", "--workers", "1", cwd=tmp_path, command=command)
+                  "--size", "64", "--workers", "1", "--seed", "5", cwd=tmp_path, command=command)
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert "wrote 12 images" in last and "classes 1,7" in last
     assert (tmp_path / "out" / "Class7" / "Test" / "Label" / "Labels.txt").exists()
+    # The command writes what the library writes for the same seed.
+    generate_dataset(tmp_path / "api", classes=[1, 7], images_per_split=3, size=64, seed=5, workers=1)
+    written = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.PNG"))
+    assert written == sorted(p.relative_to(tmp_path / "api") for p in (tmp_path / "api").rglob("*.PNG"))
+    assert all((tmp_path / "out" / p).read_bytes() == (tmp_path / "api" / p).read_bytes() for p in written)
 
 
 @pytest.mark.parametrize(
