@@ -34,16 +34,15 @@ NOT_RUN_HERE = {
     ("docker", "push"): "needs a Docker daemon (a local registry for SageMaker local mode)",
     ("make", "images"): "builds with Docker and pushes to ECR: make image-test (in .ci/run) builds the same "
                         "Dockerfiles with buildah",
-    ("tools/create_repositories.sh", ""): "creates ECR repositories in an AWS account; make image-test tags "
-                                          "what it builds with the same names",
     ("tools/build_and_push.sh", ""): "builds with Docker and pushes to ECR in an AWS account; make image-test "
                                      "builds the same Dockerfiles",
     ("aws", "cloudformation deploy"): "creates the stack in an AWS account; the local AWS has no CloudFormation, "
                                       "so tools/retraining_stack.py creates the stack's event-driven resources "
-                                      "from deploy/pipeline.yml (tests/test_retraining_stack.py) and cfn-lint "
-                                      "checks the template (tests/test_pipeline.py)",
-    ("local_test/local_mode.py", ""): "SageMaker local mode runs the images with Docker Compose; "
-                                      "tests/test_local_mode.py runs the same script up to Docker",
+                                      "from deploy/pipeline.yml (tests/test_retrain.py, tests/test_monitoring.py) "
+                                      "and cfn-lint checks the template (tests/test_pipeline.py)",
+    ("local_test/local_mode.py", ""): "SageMaker local mode runs the images with Docker; "
+                                      "tests/test_local_mode.py checks the script's command line and every "
+                                      "SDK call it makes against the installed SDK",
     ("pip", "install"): "installs the SageMaker SDK for local mode into the user's environment; make venv "
                         "installs the same extra's pins (requirements/local-mode.lock) into .venv",
     ("export", ""): "a shell builtin: the tests give every command they run the same variables "

@@ -1,6 +1,6 @@
 """The guide's commands that no other test runs, run as the guide shows them with its
-placeholders filled in: `make demo`, `make local-aws` with the `aws` CLI against it, and
-curl and predict.sh against `serve_local.sh` (tests/command_ledger.py checks that every
+placeholders filled in: `make demo`, `make local-aws` with the `aws` CLI and
+tools/create_repositories.sh against it, and curl and predict.sh against `serve_local.sh` (tests/command_ledger.py checks that every
 command the docs show ran)."""
 
 from __future__ import annotations
@@ -57,17 +57,19 @@ def test_make_demo_runs_data_training_serving_and_predictions_then_stops_its_ser
         urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
 
 
-def test_make_local_aws_answers_the_aws_cli_as_the_guide_exports_it(tmp_path):
+def test_make_local_aws_answers_the_aws_cli_and_create_repositories_sh(tmp_path):
     port = free_port()
-    server = subprocess.Popen(["make", "local-aws", f"PORT={port}"], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = tmp_path / "local-aws.log"
+    with open(log, "w") as out:  # a file, not a pipe nobody reads: the server logs every call
+        server = subprocess.Popen(["make", "local-aws", f"PORT={port}"], cwd=REPO, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
         deadline = time.monotonic() + 120
         while True:
-            assert server.poll() is None, server.stdout.read()
+            assert server.poll() is None, log.read_text()
             try:
                 s3.create_bucket(Bucket="dagm-data")
                 break
@@ -79,6 +81,21 @@ def test_make_local_aws_answers_the_aws_cli_as_the_guide_exports_it(tmp_path):
         assert copied.returncode == 0, copied.stderr
         body = s3.get_object(Bucket="dagm-data", Key="profiles/2026-11.csv")["Body"].read()
         assert body == (REPO / "deploy" / "examples" / "profile.csv").read_bytes()
+
+        # The images' repositories, twice: the second run finds them.
+        env = {**aws_env(url), "PATH": f"{Path(AWS).parent}:{os.environ['PATH']}"}
+        runs = [subprocess.run(["tools/create_repositories.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=120) for _ in range(2)]
+        assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+        assert runs[0].stdout.splitlines() == ["ECR repository dagm-defects-train created",
+                                               "ECR repository dagm-defects-serve created"]
+        assert runs[1].stdout.splitlines() == ["ECR repository dagm-defects-train exists",
+                                               "ECR repository dagm-defects-serve exists"]
+        ecr = boto3.client("ecr", endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        repositories = ecr.describe_repositories()["repositories"]
+        assert sorted(r["repositoryName"] for r in repositories) == ["dagm-defects-serve", "dagm-defects-train"]
+        assert all(r["imageScanningConfiguration"]["scanOnPush"] for r in repositories)
     finally:
         status = stop(server)
     assert status != 0 and status in (-signal.SIGTERM, 128 + signal.SIGTERM, 2), status
