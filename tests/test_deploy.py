@@ -1,7 +1,7 @@
 """dagm-deploy end to end on the local AWS: first deploy, a canary rollout under
-client load, a broken candidate stopped before traffic, a slow candidate rolled back by
-its alarm, a crashed deploy's lock expiring and its rollout resumed (the ways a rollout
-is stopped: test_deploy_safety.py)."""
+client load with every option of the guide's complete example, a broken candidate stopped
+before traffic, a slow candidate rolled back by its alarm, a crashed deploy's lock
+expiring and its rollout resumed (the ways a rollout is stopped: test_deploy_safety.py)."""
 
 from __future__ import annotations
 
@@ -102,32 +102,55 @@ def first_deploy(url: str, endpoint: str, model_data: str) -> None:
 
 
 class WeightWatcher(threading.Thread):
-    """Polls the endpoint's live weights while a rollout runs."""
+    """Polls the endpoint's live weights while a rollout runs, with the alarms and the deploy
+    lock it holds meanwhile (a completed rollout removes both)."""
 
     def __init__(self, url: str, endpoint: str):
         super().__init__()
         self.url, self.endpoint, self.seen, self.stop = url, endpoint, [], threading.Event()
+        self.thresholds: dict[str, float] = {}
+        self.leases: set[float] = set()
 
     def run(self) -> None:
+        cloudwatch, dynamodb = aws_client(self.url, "cloudwatch"), aws_client(self.url, "dynamodb")
         while not self.stop.is_set():
             weights = variants_of(self.url, self.endpoint)
             if not self.seen or self.seen[-1] != weights:
                 self.seen.append(weights)
+            for alarm in cloudwatch.describe_alarms(AlarmNamePrefix=f"{self.endpoint}-v-")["MetricAlarms"]:
+                self.thresholds[alarm["AlarmName"]] = alarm["Threshold"]
+            held = dynamodb.get_item(TableName="dagm-deploy-locks", Key={"Endpoint": {"S": self.endpoint}},
+                                     ConsistentRead=True).get("Item")
+            if held:
+                self.leases.add(round(float(held["Expires"]["N"]) - float(held["Since"]["N"])))
             time.sleep(0.2)
 
 
-def test_first_deploy_then_a_canary_rollout_under_load_loses_no_request(local_aws, models):
+def test_first_deploy_then_a_canary_rollout_under_load_loses_no_request(local_aws, models, tmp_path):
     first_deploy(local_aws, "roll", models["v1"])
+    # The application's own alarm, which --alarms names: no data yet, so OK.
+    cloudwatch = aws_client(local_aws, "cloudwatch")
+    cloudwatch.put_metric_alarm(AlarmName="roll-app-errors", Namespace="DagmApp", MetricName="Errors",
+                                Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=0,
+                                ComparisonOperator="GreaterThanThreshold", TreatMissingData="notBreaching")
+    samples = [tmp_path / "a.png", tmp_path / "b.png"]
+    for seed, sample in enumerate(samples):
+        sample.write_bytes(noise_png(seed))
+    # The guide's complete example (its bake shortened by FAST).
+    example = ["--steps", "10,50,100", "--alarms", "roll-app-errors", "--samples", *map(str, samples),
+               "--latency-ms", "2000", "--check-timeout", "60", "--instance-type", "ml.c5.xlarge",
+               "--instance-count", "2", "--model-env", "DAGM_SERVER_BATCH_SIZE=32", "--lease-seconds", "300"]
     watcher = WeightWatcher(local_aws, "roll")
     watcher.start()
     with Load(local_aws, "roll") as load:
         time.sleep(1)
-        result = run(local_aws, *deploy_command(local_aws, "roll", "v2", models["v2"], "--steps", "10,50,100"))
+        result = run(local_aws, *deploy_command(local_aws, "roll", "v2", models["v2"], *example))
         time.sleep(1)
     watcher.stop.set()
     watcher.join()
     assert result.returncode == 0, result.stdout + result.stderr
     assert not load.failures, load.failures[:5]
+    assert "check passed on 2 sample image(s)" in result.stdout
     for step in (10, 50, 100):
         assert f"v-v2 at {step}%" in result.stdout
         assert {"v-v1": 100.0 - step, "v-v2": float(step)} in watcher.seen, watcher.seen
@@ -136,6 +159,28 @@ def test_first_deploy_then_a_canary_rollout_under_load_loses_no_request(local_aw
     assert seen["v-v1"] > 0 and seen["v-v2"] > 0 and load.variants[-1] == "v-v2"
     status = json.loads(run(local_aws, *DEPLOY, "status", "--endpoint", "roll").stdout)
     assert [v["variant"] for v in status["variants"]] == ["v-v2"] and status["variants"][0]["model_data"] == models["v2"]
+    assert status["variants"][0]["instances"] == 2
+    sagemaker = aws_client(local_aws, "sagemaker")
+    (variant,) = sagemaker.describe_endpoint_config(EndpointConfigName=status["config"])["ProductionVariants"]
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.c5.xlarge", 2)
+    environment = sagemaker.describe_model(ModelName="roll-v2")["PrimaryContainer"]["Environment"]
+    assert environment["DAGM_SERVER_BATCH_SIZE"] == "32" and environment["DAGM_VARIANT_NAME"] == "v-v2"
+    assert watcher.thresholds["roll-v-v2-latency"] == 2000 * 1000  # ModelLatency is in microseconds
+    assert watcher.leases == {300}
+    assert cloudwatch.describe_alarms(AlarmNamePrefix="roll-v-")["MetricAlarms"] == []
+
+    # The named alarm is watched: once the application reports an error, the next candidate
+    # is rolled back at its first step.
+    cloudwatch.put_metric_data(Namespace="DagmApp", MetricData=[{"MetricName": "Errors", "Value": 1.0}])
+    deadline = time.monotonic() + 30
+    while cloudwatch.describe_alarms(AlarmNames=["roll-app-errors"])["MetricAlarms"][0]["StateValue"] != "ALARM":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    refused = run(local_aws, *deploy_command(local_aws, "roll", "v3", models["v1"], "--steps", "10,100",
+                                             "--alarms", "roll-app-errors"))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "rolled back: alarm roll-app-errors during the 10% step" in refused.stderr
+    assert variants_of(local_aws, "roll") == {"v-v2": 1.0}
 
 
 def test_a_broken_candidate_is_stopped_before_any_user_request(local_aws, models):

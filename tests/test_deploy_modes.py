@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,9 +101,12 @@ def test_asynchronous_endpoint_canary_autoscaling_and_its_mode_kept(local_aws, m
     # A 64-image batch (16 MB, over the real-time limit) through S3.
     images = np.random.default_rng(3).integers(0, 256, (64, 512, 512), dtype=np.uint8)
     s3.put_object(Bucket="dagm-async", Key="in/batch.npy", Body=npy(images))
-    runtime = aws_client(local_aws, "sagemaker-runtime")
-    answer = runtime.invoke_endpoint_async(EndpointName="batch", InputLocation="s3://dagm-async/in/batch.npy",
-                                           ContentType="application/x-npy")
+    # As the guide's users call it: the AWS CLI.
+    called = run(local_aws, str(Path(sys.executable).parent / "aws"), "sagemaker-runtime", "invoke-endpoint-async",
+                 "--endpoint-name", "batch", "--input-location", "s3://dagm-async/in/batch.npy",
+                 "--content-type", "application/x-npy")
+    assert called.returncode == 0, called.stderr
+    answer = json.loads(called.stdout)
     key = answer["OutputLocation"].removeprefix("s3://dagm-async/")
     predictions = json.loads(wait_for_object(local_aws, "dagm-async", key))["predictions"]
     assert len(predictions) == 64 and all(0.0 <= p["score"] <= 1.0 for p in predictions)
@@ -159,14 +163,14 @@ def test_scaling_to_zero_is_only_for_asynchronous_endpoints(local_aws, model_uri
 
 
 def test_serverless_endpoint_is_replaced_at_once_and_put_back_on_a_failed_check(local_aws, model_uris, tmp_path):
-    mode = ["--serverless-memory", "3072", "--serverless-max-concurrency", "4"]
+    mode = ["--serverless-memory", "3072", "--serverless-max-concurrency", "4", "--serverless-provisioned", "1"]
     first = deploy(local_aws, "lean", "s1", model_uris["good"], *mode)
     assert first.returncode == 0, first.stdout + first.stderr
     sagemaker = aws_client(local_aws, "sagemaker")
     described = sagemaker.describe_endpoint(EndpointName="lean")
     (variant,) = sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])[
         "ProductionVariants"]
-    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 4}
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 4, "ProvisionedConcurrency": 1}
     assert "InstanceType" not in variant
 
     with Load(local_aws, "lean") as load:

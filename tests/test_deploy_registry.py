@@ -30,7 +30,8 @@ def model_data(local_aws, trained_job) -> str:
     return upload(local_aws, "registered/model.tar.gz", model_tarball(trained_job.model_dir))
 
 
-def register(url: str, group: str, model_data: str, status: str) -> str:
+def register(url: str, group: str, model_data: str, status: str, **evidence) -> str:
+    """A new version of `group`; `evidence`: more of CreateModelPackage's fields (metadata, metrics)."""
     sagemaker = aws_client(url, "sagemaker")
     try:
         sagemaker.describe_model_package_group(ModelPackageGroupName=group)
@@ -40,7 +41,7 @@ def register(url: str, group: str, model_data: str, status: str) -> str:
         ModelPackageGroupName=group, ModelApprovalStatus=status,
         InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataUrl": model_data}],
                                 "SupportedContentTypes": ["image/png"], "SupportedResponseMIMETypes": ["application/json"]},
-    )["ModelPackageArn"]
+        **evidence)["ModelPackageArn"]
 
 
 def deploy(url: str, endpoint: str, *source: str, lock_table: str = "dagm-deploy-locks"):
@@ -81,7 +82,11 @@ def test_only_an_approved_package_is_deployed_and_a_refusal_changes_nothing(loca
 
 def test_the_newest_approved_version_serves_and_a_rejection_returns_to_the_previous(local_aws, model_data):
     first = register(local_aws, "reg-flow", model_data, "Approved")
-    second = register(local_aws, "reg-flow", model_data, "PendingManualApproval")
+    metrics = {"ModelQuality": {"Statistics": {"ContentType": "application/json",
+                                               "S3Uri": "s3://dagm-models/models/job-2/evaluation.json"}}}
+    metadata = {"test-ap": "0.9512", "training-job": "dagm-train-2"}
+    second = register(local_aws, "reg-flow", model_data, "PendingManualApproval", ModelMetrics=metrics,
+                      CustomerMetadataProperties=metadata)
     created = deploy(local_aws, "reg-flow", "--model-package-group", "reg-flow")
     assert created.returncode == 0, created.stdout + created.stderr
     [variant] = serving(local_aws, "reg-flow")
@@ -90,8 +95,13 @@ def test_the_newest_approved_version_serves_and_a_rejection_returns_to_the_previ
 
     approved = run(local_aws, *REGISTRY, "approve", "--model-package", second, "--note", "reviewed")
     assert approved.returncode == 0 and "reg-flow version 2: PendingManualApproval -> Approved" in approved.stdout
-    assert aws_client(local_aws, "sagemaker").describe_model_package(
-        ModelPackageName=second)["ApprovalDescription"] == "reviewed"
+    shown = run(local_aws, *REGISTRY, "show", "--model-package", second)
+    assert shown.returncode == 0, shown.stderr
+    evidence = json.loads(shown.stdout)
+    assert (evidence["ModelPackageArn"], evidence["ModelPackageVersion"], evidence["ModelApprovalStatus"],
+            evidence["ApprovalDescription"]) == (second, 2, "Approved", "reviewed")
+    assert evidence["InferenceSpecification"]["Containers"] == [{"Image": IMAGE, "ModelDataUrl": model_data}]
+    assert evidence["ModelMetrics"] == metrics and evidence["CustomerMetadataProperties"] == metadata
     with Load(local_aws, "reg-flow") as load:
         forward = deploy(local_aws, "reg-flow", "--model-package-group", "reg-flow")
         again = deploy(local_aws, "reg-flow", "--model-package-group", "reg-flow")  # a duplicate event

@@ -2,7 +2,8 @@
 client load: SIGTERM and SIGINT in the pre-traffic check and in the bakes (a second
 signal during the rollback included), an AWS error injected at each step and during the
 rollback itself, a candidate that hangs, two deploys started together, a lock that is
-not its caller's, and guardrails interrupted while SageMaker updates.
+not its caller's, a killed deploy's lock removed by its owner and its canary undone by
+`rollback`, and guardrails interrupted while SageMaker updates.
 
 After each, all traffic is on the old variant, its config is the only one, no alarm of
 the rollout is left, the lock is released, and no client request failed."""
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -215,6 +217,31 @@ def test_of_two_deploys_started_together_exactly_one_proceeds(local_aws, endpoin
         winner.signal(signal.SIGTERM)
         code, stderr = winner.finish(timeout=90)
     assert code == 143 and "all traffic is back on the old variant v-v1" in stderr, stderr
+    assert_safe(local_aws, load, version)
+
+
+def test_a_killed_deploys_lock_is_removed_by_its_owner_and_rollback_undoes_its_canary(
+        local_aws, endpoint, models, version):
+    rollback = [*DEPLOY, "rollback", "--endpoint", ENDPOINT, "--poll-seconds", "0.3"]
+    with Load(local_aws, ENDPOINT) as load:
+        deploy = Running(local_aws, candidate(local_aws, models, version, "--steps", "50,100",
+                                              "--bake-seconds", "600"))
+        deploy.wait_for(f"v-{version} at 50%: baking")
+        os.killpg(deploy.process.pid, signal.SIGKILL)  # a lost machine: canary, alarms and lock stay behind
+        deploy.process.wait()
+        assert variants_of(local_aws, ENDPOINT) == {"v-v1": 50.0, f"v-{version}": 50.0}
+        owner = json.loads(run(local_aws, *DEPLOY, "status", "--endpoint", ENDPOINT).stdout)["lock"]["owner"]
+        assert f"/{deploy.process.pid}/" in owner
+
+        refused = run(local_aws, *rollback)  # under the lock, like a deploy
+        assert refused.returncode == 1 and f"another deploy ({owner}" in refused.stderr, refused.stderr
+        unlocked = run(local_aws, *DEPLOY, "unlock", "--endpoint", ENDPOINT, "--owner", owner)
+        assert unlocked.returncode == 0 and f"lock of {owner} removed" in unlocked.stdout, unlocked.stderr
+        assert lock_holder(local_aws) is None
+
+        rolled = run(local_aws, *rollback)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert "all traffic is back on the old variant v-v1" in rolled.stdout
     assert_safe(local_aws, load, version)
 
 

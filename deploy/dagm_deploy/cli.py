@@ -56,6 +56,7 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dagm_deploy import aws, modes, options, registry, signals
+from dagm_deploy.alarms import Alarms
 from dagm_deploy.autoscaling import Scaling, autoscale
 from dagm_deploy.endpoint import Endpoint
 from dagm_deploy.errors import Interrupted, Refused
@@ -130,6 +131,10 @@ def locked_rollback(args: argparse.Namespace, endpoint: Endpoint) -> None:
             if described is None:
                 raise Refused("no such endpoint")
             endpoint.say(rollback(endpoint, args.update_timeout))
+            # The undone rollout's alarms watch a variant that is gone (the endpoint is InService
+            # now, so none protects an update: what a deploy removes when it starts).
+            alarms = Alarms(args.endpoint)
+            endpoint.delete_quietly(alarms.delete, names=alarms.own())
         finally:
             lock.release()
 
