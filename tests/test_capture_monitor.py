@@ -12,7 +12,8 @@ is not assumed here). Then:
 - Clean images are not judged drifted, brighter ones are (mean moved most).
 - Undecodable records are counted, not fatal; records outside the window are left out;
   no captures leave nothing to judge by (exit 2).
-- --report-uri writes constraint_violations.json and the report, --publish the metrics.
+- --report-uri writes constraint_violations.json and the report, --publish the metrics
+  (each run's at its window's end), --threshold is the verdict's.
 """
 
 from __future__ import annotations
@@ -130,6 +131,17 @@ def monitor(url: str, prefix: str, *extra: str) -> tuple[int, list[dict] | None,
     return result.returncode, reports, result.stderr
 
 
+def published(url: str, report: dict, metric: str) -> list[float]:
+    """The `metric` values of the variant stamped at `report`'s window end: what its own run
+    published, not an earlier run's."""
+    end = datetime.fromisoformat(report["window"]["end"])
+    points = aws_client(url, "cloudwatch").get_metric_statistics(
+        Namespace="DAGM/Monitor", MetricName=metric, Statistics=["Maximum"], Period=60,
+        Dimensions=[{"Name": "EndpointName", "Value": ENDPOINT}, {"Name": "VariantName", "Value": VARIANT}],
+        StartTime=end - timedelta(seconds=1), EndTime=end + timedelta(seconds=1))["Datapoints"]
+    return [p["Maximum"] for p in points]
+
+
 def assert_reproduces(capture: dict, live: dict) -> None:
     assert capture["images"] == live["images"]
     assert set(capture["statistics"]) == set(live["statistics"])
@@ -143,7 +155,8 @@ def assert_reproduces(capture: dict, live: dict) -> None:
 
 @pytest.mark.slow
 def test_captures_reproduce_the_live_watch_and_clean_images_do_not_drift(local_aws, traffic):
-    code, reports, stderr = monitor(local_aws, "clean", "--report-uri", f"s3://{BUCKET}/reports")
+    code, reports, stderr = monitor(local_aws, "clean", "--report-uri", f"s3://{BUCKET}/reports",
+                                    "--threshold", "2.5", "--publish")
     assert code == 0, stderr
     [report] = reports
     assert (report["source"], report["endpoint"], report["variant"]) == ("capture", ENDPOINT, VARIANT)
@@ -152,6 +165,9 @@ def test_captures_reproduce_the_live_watch_and_clean_images_do_not_drift(local_a
     assert report["verdicts"] == traffic["images"]
     assert_reproduces(report, traffic["live_clean"])
     assert not report["drifted"] and report["strength"] == "none" and report["drift_score"] < 2
+    assert report["threshold"] == 2.5
+    assert published(local_aws, report, "DriftScore") == [report["drift_score"]]
+    assert published(local_aws, report, "CapturedImages") == [traffic["images"]]
     violations = json.loads(aws_client(local_aws, "s3").get_object(
         Bucket=BUCKET, Key=report["report_uri"][len(f"s3://{BUCKET}/"):] + "constraint_violations.json")["Body"].read())
     assert [(v["feature_name"], v["constraint_check_type"]) for v in violations["violations"]] == [
@@ -166,7 +182,6 @@ def test_captures_reproduce_the_live_watch_and_clean_images_do_not_drift(local_a
 
 @pytest.mark.slow
 def test_brighter_captures_drift_and_are_reported_and_published(local_aws, traffic):
-    started = datetime.now(timezone.utc)
     code, [report], stderr = monitor(local_aws, "brighter", "--report-uri", f"s3://{BUCKET}/reports", "--publish")
     assert code == 1, stderr
     assert report["drifted"] and report["drift_score"] > 3 and report["images"] == traffic["images"], report
@@ -182,23 +197,13 @@ def test_brighter_captures_drift_and_are_reported_and_published(local_aws, traff
     assert all(v["description"] for v in violations["violations"])
     written = json.loads(s3.get_object(Bucket=BUCKET, Key=key + "report.json")["Body"].read())
     assert written["drift_score"] == report["drift_score"] and written["source"] == "capture"
-    cloudwatch = aws_client(local_aws, "cloudwatch")
-    dimensions = [{"Name": "EndpointName", "Value": ENDPOINT}, {"Name": "VariantName", "Value": VARIANT}]
-
-    def published(metric: str) -> list[float]:
-        points = cloudwatch.get_metric_statistics(
-            Namespace="DAGM/Monitor", MetricName=metric, Dimensions=dimensions, Statistics=["Maximum"],
-            StartTime=started - timedelta(minutes=1), EndTime=datetime.now(timezone.utc) + timedelta(minutes=1),
-            Period=60)["Datapoints"]
-        return [p["Maximum"] for p in points]
-
-    assert published("DriftScore") == [report["drift_score"]]
-    series = {tuple((d["Name"], d["Value"]) for d in m["Dimensions"])
-              for m in cloudwatch.list_metrics(Namespace="DAGM/Monitor", MetricName="DriftScore")["Metrics"]}
+    assert published(local_aws, report, "DriftScore") == [report["drift_score"]]
+    series = {tuple((d["Name"], d["Value"]) for d in m["Dimensions"]) for m in aws_client(local_aws, "cloudwatch")
+              .list_metrics(Namespace="DAGM/Monitor", MetricName="DriftScore")["Metrics"]}
     assert (("EndpointName", ENDPOINT),) in series  # endpoint-wide: what CapturedDriftAlarm watches
-    assert published("CapturedImages") == [traffic["images"]]
-    assert published("InputMean") == [pytest.approx(report["statistics"]["mean"]["recent"])]
-    assert published("DefectiveShare") == [pytest.approx(report["defective_share"]["recent"])]
+    assert published(local_aws, report, "CapturedImages") == [traffic["images"]]
+    assert published(local_aws, report, "InputMean") == [pytest.approx(report["statistics"]["mean"]["recent"])]
+    assert published(local_aws, report, "DefectiveShare") == [pytest.approx(report["defective_share"]["recent"])]
 
 
 @pytest.mark.slow

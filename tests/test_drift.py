@@ -247,6 +247,14 @@ def test_shifted_inputs_drift_and_in_distribution_ones_do_not(local_aws, endpoin
         list(pool.map(invoke, test_images))
     code, report = drift(local_aws, endpoint, len(test_images))
     assert report["variant"] == "v-v1" and set(report["statistics"]) == set(STATISTICS)
+    # The verdict is --threshold's: at twice the score, the same inputs have not drifted.
+    lenient = 2 * report["drift_score"]
+    judged = run(local_aws, *DRIFT, "--endpoint", endpoint, "--variant", "v-v1", "--minutes", "5",
+                 "--threshold", str(lenient))
+    assert judged.returncode == 0, judged.stdout + judged.stderr
+    [same] = json.loads(judged.stdout)
+    assert (same["variant"], same["images"], same["drift_score"]) == ("v-v1", len(test_images), report["drift_score"])
+    assert (same["threshold"], same["drifted"], same["strength"]) == (lenient, False, "none"), same
     assert 0.0 <= report["defective_share"]["recent"] <= 1.0
     if shift is None:
         assert code == 0 and not report["drifted"] and report["strength"] == "none", report
@@ -260,8 +268,10 @@ def test_shifted_inputs_drift_and_in_distribution_ones_do_not(local_aws, endpoin
 
 
 @pytest.mark.slow
-def test_drift_says_why_it_cannot_tell(local_aws):
+def test_drift_says_why_it_cannot_tell(local_aws, endpoints):
     result = run(local_aws, *DRIFT, "--endpoint", "no-such-endpoint")
     assert result.returncode == 2 and "no such endpoint" in result.stderr
+    result = run(local_aws, *DRIFT, "--endpoint", "inputs-as-trained", "--variant", "v-v0")
+    assert result.returncode == 2 and "endpoint inputs-as-trained has no variant v-v0" in result.stderr, result.stderr
     result = run(local_aws, *DRIFT, "--endpoint", "e", "--minutes", "0")
     assert result.returncode == 2 and "--minutes 0: expected 1 to 1440" in result.stderr

@@ -5,10 +5,12 @@ hourly MonitorSchedule fired through the local AWS's schedules, its Monitor buil
 CapturedDriftAlarm on brighter ones, whose alarm starts the Retrain build as the live
 DriftAlarm does; then dagm-label-draft turns the captured images into a profile that
 `dagm-retrain validate` refuses until labelled and accepts once labelled, and
-`dagm-retrain run` retrains on it and rolls the model out."""
+`dagm-retrain run` retrains on it and registers the model for approval, as the template's
+Retrain build does (tests/test_retrain.py approves one and rolls one out)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -16,7 +18,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from conftest import REPO, TINY_HPS, aws_client, aws_env, model_tarball, png, upload
@@ -126,17 +130,29 @@ def test_the_scheduled_monitor_judges_captured_images_and_raises_its_alarm(local
 def test_captured_images_drafted_for_labelling_validate_once_labelled_and_retrain(local_aws, stack, tiny_dataset):
     clean = [image for images in split_images(tiny_dataset, "Test").values() for image in images][:6]
     send(local_aws, [brighter(image) for image in clean], captured_records(local_aws) + 6)
+    s3 = aws_client(local_aws, "s3")
+    # A white image stamped two hours ago beside the newest captures: the farthest image of
+    # all, and outside the --minutes window, so never drafted.
+    newest = max(s3.list_objects_v2(Bucket=BUCKET, Prefix="capture/")["Contents"], key=lambda o: o["LastModified"])
+    stale = {"captureData": {"endpointInput": {
+                 "observedContentType": "image/png", "mode": "INPUT", "encoding": "BASE64",
+                 "data": base64.b64encode(png(np.full((128, 128), 255, np.uint8))).decode()}},
+             "eventMetadata": {"eventId": "stale", "inferenceTime":
+                               f"{datetime.now(timezone.utc) - timedelta(hours=2):%Y-%m-%dT%H:%M:%SZ}"},
+             "eventVersion": "0"}
+    s3.put_object(Bucket=BUCKET, Key=newest["Key"].rsplit("/", 1)[0] + "/stale.jsonl", Body=json.dumps(stale).encode())
     out = f"s3://{BUCKET}/labelling/batch-1/"
     drafted = run(local_aws, *LABEL_DRAFT, "--endpoint", ENDPOINT, "--capture", CAPTURE, "--out", out,
-                  "--drifted", "4", "--uncertain", "2")
+                  "--minutes", "60", "--drifted", "4", "--uncertain", "2")
     assert drafted.returncode == 0, drafted.stderr
-    s3 = aws_client(local_aws, "s3")
+    assert f"6 of {captured_records(local_aws) - 1} captured images drafted" in drafted.stdout, drafted.stdout
     draft = s3.get_object(Bucket=BUCKET, Key="labelling/batch-1/profile-draft.csv")["Body"].read().decode()
     rows = list(csv.DictReader(io.StringIO(draft)))
     assert len(rows) == 6 and all(r["label"] == "" and r["class"] in ("1", "2") for r in rows)
     selection = json.loads(s3.get_object(Bucket=BUCKET, Key="labelling/batch-1/selection.json")["Body"].read())
     assert [s["why"] for s in selection] == ["drifted"] * 4 + ["uncertain"] * 2
     assert selection[0]["drift_distance"] >= selection[3]["drift_distance"]
+    assert "stale" not in {s["eventId"] for s in selection}
     for row in rows:  # each drafted image is there, as the endpoint decoded it
         s3.head_object(Bucket=BUCKET, Key=row["image_key"])
 
@@ -150,11 +166,25 @@ def test_captured_images_drafted_for_labelling_validate_once_labelled_and_retrai
     valid = run(local_aws, *RETRAIN, "validate", "--profile", f"s3://{BUCKET}/profiles-labelled/batch-1.csv")
     assert valid.returncode == 0, valid.stdout + valid.stderr
 
-    retrained = run(local_aws, *RETRAIN, "run", "--profile", f"s3://{BUCKET}/profiles-labelled/batch-1.csv",
-                    "--data", f"s3://{BUCKET}/dagm/", "--endpoint", ENDPOINT, "--role", ROLE,
-                    "--training-image", "dagm-defects-train:latest", "--topic", stack["topic"],
-                    "--hyperparameters", json.dumps(TINY_HPS), "--margin", "1", "--steps", "100",
-                    "--bake-seconds", "1", "--poll-seconds", "0.3", "--alarm-period", "10", timeout=600)
+    sns, sqs = aws_client(local_aws, "sns"), aws_client(local_aws, "sqs")
+    inbox = sqs.create_queue(QueueName="dagm-watch-inbox")["QueueUrl"]
+    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=stack["topic"], Protocol="sqs", Endpoint=inbox_arn)
+    group, profile = stack["model_package_group"], f"s3://{BUCKET}/profiles-labelled/batch-1.csv"
+    retrained = run(local_aws, *RETRAIN, "run", "--profile", profile, "--data", f"s3://{BUCKET}/dagm/",
+                    "--endpoint", ENDPOINT, "--role", ROLE, "--training-image", "dagm-defects-train:latest",
+                    "--topic", stack["topic"], "--model-package-group", group, "--margin", "1",
+                    "--hyperparameters", json.dumps(TINY_HPS), "--poll-seconds", "0.3", timeout=600)
     assert retrained.returncode == 0, retrained.stdout + retrained.stderr
-    (variant,) = variants_of(local_aws, ENDPOINT)
-    assert variant != "v-v1"
+    outcome = json.loads(s3.get_object(Bucket=BUCKET, Key="processed/profiles-labelled/batch-1.csv.result.json")
+                         ["Body"].read())
+    assert outcome["outcome"] == "registered" and outcome["dataset"]["added"] == 6, outcome
+    assert outcome["gate"]["passed"] and outcome["gate"]["margin"] == 1.0, outcome["gate"]
+    package = aws_client(local_aws, "sagemaker").describe_model_package(ModelPackageName=outcome["model_package"])
+    assert (package["ModelPackageGroupName"], package["ModelApprovalStatus"]) == (group, "PendingManualApproval")
+    assert package["CustomerMetadataProperties"]["profile"] == profile
+    [notice] = [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10)["Messages"]]
+    assert notice["Subject"] == f"DAGM retraining: model from profiles-labelled/batch-1.csv awaits approval in {group}"
+    assert json.loads(notice["Message"].split("\n", 1)[1])["model_package"] == outcome["model_package"]
+    # Registered, not deployed: approving it deploys it (tests/test_retrain.py).
+    assert variants_of(local_aws, ENDPOINT) == {"v-v1": 1.0}

@@ -44,12 +44,24 @@ def validate(*args: str, env: dict | None = None) -> tuple[int, dict | None, str
     return result.returncode, report, result.stderr
 
 
-def test_the_examples_in_the_repository_parse():
-    for example in (REPO / "deploy" / "examples").glob("profile.*"):
+def test_the_examples_in_the_repository_parse_and_validate_against_their_images_under_root(tmp_path):
+    examples = sorted((REPO / "deploy" / "examples").glob("profile.*"))
+    for example in examples:
         report = parse_profile(example.name, example.read_text())
         assert report.ok, (example, report.problems)
         assert report.rows and all(r.label in (0, 1) and 1 <= r.dagm_class <= 10 for r in report.rows)
         assert all((r.mask_key is not None) == bool(r.label) for r in report.rows)
+        for row in report.rows:
+            png(tmp_path / row.image_key)
+            if row.mask_key:
+                png(tmp_path / row.mask_key, value=255)
+    # As the docs check one before uploading it: its keys resolve under --root, not beside it.
+    for example in examples:
+        code, report, stderr = validate("--profile", str(example), "--root", str(tmp_path))
+        assert code == 0 and report["valid"], (example, report, stderr)
+        assert report["rows"] == len(parse_profile(example.name, example.read_text()).rows)
+    code, report, _ = validate("--profile", str(REPO / "deploy" / "examples" / "profile.csv"))
+    assert code == 1 and "row 2: image labelled/2026-11/Class3/0001.PNG does not exist" in report["problems"]
 
 
 def test_valid_csv_and_txt_profiles(images):

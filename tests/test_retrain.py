@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import tarfile
 import time
@@ -59,9 +60,12 @@ class World:
 
     def retrain(self, profile_key: str, text: str, *extra: str):
         upload(self.url, profile_key, text.encode(), bucket=BUCKET)
-        return run(self.url, *RETRAIN, "run", "--profile", f"s3://{BUCKET}/{profile_key}",
-                   "--data", f"s3://{BUCKET}/dagm/", "--endpoint", ENDPOINT, "--role", ROLE,
-                   "--training-image", "dagm-defects-train:latest", "--topic", self.topic, *FAST, *extra)
+        return self.run_flow("--profile", f"s3://{BUCKET}/{profile_key}", *extra)
+
+    def run_flow(self, *extra: str):
+        return run(self.url, *RETRAIN, "run", "--data", f"s3://{BUCKET}/dagm/", "--endpoint", ENDPOINT,
+                   "--role", ROLE, "--training-image", "dagm-defects-train:latest", "--topic", self.topic, *FAST,
+                   *extra)
 
 
 def _upload_tree(url: str, root: Path, prefix: str) -> None:
@@ -148,13 +152,26 @@ def test_a_candidate_that_fails_the_gate_is_not_deployed(world):
 
 def test_a_valid_profile_becomes_a_rolled_out_model_trained_on_old_and_new_data(world):
     profile = "image_key,label,mask_key,class\n" + "\n".join(world.new_rows) + "\n"
-    hps = json.dumps({**TINY_HPS, "epochs": "1"})
-    result = world.retrain("profiles/batch-7.csv", profile, "--hyperparameters", hps, "--warm-start",
-                           "--margin", "1.0")
+    hps = {**TINY_HPS, "epochs": "1"}
+    # Two profiles wait; --waiting takes the oldest (S3 keeps LastModified to the second).
+    upload(world.url, "profiles/batch-7.csv", profile.encode(), bucket=BUCKET)
+    time.sleep(1.1)
+    upload(world.url, "profiles/batch-8.csv", profile.encode(), bucket=BUCKET)
+    result = world.run_flow("--waiting", f"s3://{BUCKET}/profiles/", "--hyperparameters", json.dumps(hps),
+                            "--warm-start", "--margin", "1.0")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert world.keys("profiles/") == ["profiles/batch-8.csv"]
+    # Left for no later test: the drift alarm's test counts on its own profiles alone waiting.
+    aws_client(world.url, "s3").delete_object(Bucket=BUCKET, Key="profiles/batch-8.csv")
     outcome = json.loads(world.read("processed/profiles/batch-7.csv.result.json"))
     assert outcome["outcome"] == "deployed" and outcome["serving"]["variant"] == "v-v1"
+    assert outcome["profile"] == f"s3://{BUCKET}/profiles/batch-7.csv"
     assert variants_of(world.url, ENDPOINT) == {outcome["variant"]: 1.0}
+    # The job got the given hyperparameters, and the serving model's weights to start from.
+    job = aws_client(world.url, "sagemaker").describe_training_job(TrainingJobName=outcome["job"])
+    assert job["HyperParameters"] == {**hps, "warm_start": "true"}, job["HyperParameters"]
+    # The canary went through the given steps, each baked for the given time (FAST).
+    assert re.findall(r"at (\d+)%: baking (\d+) s", result.stdout) == [("50", "1"), ("100", "1")], result.stdout
 
     # The prepared channel: every old object plus the profile's rows in both Labels.txt.
     dataset = outcome["dataset"]["uri"].removeprefix(f"s3://{BUCKET}/")
