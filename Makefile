@@ -54,14 +54,16 @@ SITE_DIR ?= site
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(SITE_DIR)
 
-# A whole-suite run records its duration and counts (bench/suite_record.py) for `make figures`.
+# A whole-suite run records its duration and counts (bench/suite_record.py) for `make figures`,
+# and fails unless every command the docs show ran (tests/command_ledger.py). It lists its
+# slowest tests, where a shorter suite starts.
 # Two workers (pytest-xdist), each with its own local AWS; a test file stays on one worker, so
 # its module fixtures are made once. Most tests wait on processes, so two workers share two
 # cores well (the suite's record, docs/results.md). PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
 test: venv docs
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(if $(PYTEST_ARGS),,--suite-record $(SUITE_RECORD)) \
-		$(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(if $(PYTEST_ARGS),,--suite-record $(SUITE_RECORD) --doc-commands) \
+		--durations 15 $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/model_costs.py
