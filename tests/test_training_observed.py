@@ -441,10 +441,15 @@ def _site(tmp_path: Path, body: str) -> dict[str, str]:
 
 
 def test_a_slowed_data_loader_fires_starving_and_low_utilization(rules_dataset, tmp_path):
+    # Each batch waits twice as long as the loop's last step took (at least 0.4 s), so the
+    # wait is most of the step time however busy the machine is (a fixed 0.4 s was not, once,
+    # beside another job).
     env = _site(tmp_path, (
         "    import time\n    from dagm_defects.training import loop\n    original = loop.batches\n"
-        "    def slowed(*args, **kwargs):\n        for batch in original(*args, **kwargs):\n"
-        "            time.sleep(0.4)\n            yield batch\n    loop.batches = slowed\n"))
+        "    def slowed(*args, **kwargs):\n        step = 0.2\n"
+        "        for batch in original(*args, **kwargs):\n"
+        "            time.sleep(2 * step)\n            handed = time.monotonic()\n            yield batch\n"
+        "            step = max(0.2, time.monotonic() - handed)\n    loop.batches = slowed\n"))
     job = run_training(rules_dataset, tmp_path / "ml", {**RULE_HPS, "epochs": "2"}, env=env)
     assert job.returncode == 0, job.output[-3000:]
     fired = rule_status(job.work)
