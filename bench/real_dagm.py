@@ -50,7 +50,9 @@ INFERENCE_BATCHES = (8, 16)
 
 def train(data: Path, work: Path, hyperparameters: dict, name: str, test: Path | None = None) -> float:
     """Run one job through train_local.sh, its lines prefixed with `name`; return its wall
-    minutes. `test` becomes the job's test channel."""
+    minutes. `test` becomes the job's test channel. The job starts from an empty /opt/ml:
+    a checkpoint left by an earlier run would resume it instead of training it."""
+    shutil.rmtree(work, ignore_errors=True)
     # Without a Docker daemon train_local.sh runs the entry command from .venv.
     env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
            "EXTRA_CHANNELS": f"test={test}" if test else ""}
@@ -139,7 +141,6 @@ def main() -> int:
     results = {}
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
         work = args.out / f"seed-{seed}"
-        shutil.rmtree(work, ignore_errors=True)
         minutes = train(args.data, work, {**base, "seed": str(seed)}, f"seed {seed}")
         results[seed] = seed_result(work, minutes, images)
         write_line(f"bench-real: seed {seed}: {json.dumps(results[seed])}")
