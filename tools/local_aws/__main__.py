@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -51,9 +52,16 @@ def main() -> int:
     stop = threading.Event()
     alarms.start(stop)
     schedules.start(stop)  # after builds.install: scheduled rules' targets start builds
+    # The handler only notes the signal. Setting the event there deadlocked when a second
+    # signal came in during the first's Event.set (make passes the SIGTERM it gets on to
+    # this process, which the process group's SIGTERM has already reached), on the event's
+    # lock. The short sleeps let the handler run even when another thread took the signal.
+    signalled: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+        signal.signal(sig, lambda number, _: signalled.append(number))
+    while not signalled:
+        time.sleep(0.2)
+    stop.set()
     print("local AWS stopping: endpoints' serve processes first", flush=True)
     hosting.shutdown()
     server.stop()
