@@ -108,11 +108,11 @@ def judge(runs: list[list]) -> Verdict:
 
 def _shapes_of(command: str | list[str], programs: set[str]) -> list[Shape]:
     """The command's shapes, if it may be one the docs show (help texts only for those)."""
-    words = command if isinstance(command, list) else [w for argv in simple_commands(command) for w in argv]
-    names = {w.rsplit("/", 1)[-1] for w in words} | set(words)
-    if not names & ({p.rsplit("/", 1)[-1].removeprefix("python -m ") for p in programs} | {"-m", "-c"}):
-        return []
     try:
+        words = command if isinstance(command, list) else [w for argv in simple_commands(command) for w in argv]
+        names = {w.rsplit("/", 1)[-1] for w in words} | set(words)
+        if not names & ({p.rsplit("/", 1)[-1].removeprefix("python -m ") for p in programs} | {"-m", "-c"}):
+            return []
         return shapes(command)
     except ValueError:  # a shell string shlex cannot split is no command the docs show
         return []
