@@ -2,7 +2,9 @@
 
 The file's first line is the literal ``1``; each further line is tab separated:
 ``0001<TAB>0<TAB>0001.PNG<TAB>0<TAB>0<TAB>`` for a good image (note the trailing tab) and
-``0002<TAB>1<TAB>0002.PNG<TAB>0<TAB>0002_label.PNG`` for a defective one.
+``0002<TAB>1<TAB>0002.PNG<TAB>0<TAB>0002_label.PNG`` for a defective one. A defective row
+whose mask column is empty or ``0`` is an image-level label: an inspector said "defective"
+and drew nothing; it is written back as ``0002<TAB>1<TAB>0002.PNG<TAB>0<TAB>0<TAB>``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ HEADER = "1"
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One row: the image file name, whether it is defective, and its mask file name."""
+    """One row: the image file name, whether it is defective, and its mask file name
+    (None for a good image and for a defective one labelled at image level only)."""
 
     number: str
     defective: bool
@@ -23,9 +26,9 @@ class LabelRow:
     mask: str | None
 
     def to_line(self) -> str:
-        if self.defective:
+        if self.defective and self.mask:
             return f"{self.number}\t1\t{self.image}\t0\t{self.mask}"
-        return f"{self.number}\t0\t{self.image}\t0\t0\t"
+        return f"{self.number}\t{int(self.defective)}\t{self.image}\t0\t0\t"
 
 
 class LabelsFormatError(ValueError):
@@ -65,8 +68,5 @@ def parse_labels(text: str, source: str = "Labels.txt") -> tuple[list[LabelRow],
             continue
         defective = fields[1] == "1"
         mask = fields[4] if len(fields) >= 5 and fields[4] not in ("", "0") else None
-        if defective and mask is None:
-            problems.append(f"{source}:{lineno}: defective row names no mask file: {line!r}")
-            continue
         rows.append(LabelRow(number=fields[0], defective=defective, image=fields[2], mask=mask))
     return rows, problems
