@@ -28,6 +28,15 @@ class ArraySet:
     labels: np.ndarray
     class_ids: np.ndarray
     notes: list[str] = field(default_factory=list)
+    # Whether each image's pixel truth is known: a good image (all clean) or a defective one
+    # with a non-empty mask. A defective image without one is an image-level label.
+    has_mask: np.ndarray | None = None
+    # Defective rows whose mask file was all zero, counted as image-level labels.
+    empty_masks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.has_mask is None:
+            self.has_mask = np.ones(len(self.samples), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -41,7 +50,14 @@ class ArraySet:
             self.labels[indices],
             self.class_ids[indices],
             list(self.notes),
+            self.has_mask[indices],
+            int(np.count_nonzero(self.empty_mask_rows()[indices])),
         )
+
+    def empty_mask_rows(self) -> np.ndarray:
+        """Defective images with a mask file that held no defect pixel."""
+        named = np.array([s.mask_path is not None for s in self.samples], dtype=bool)
+        return named & (self.labels == 1) & ~self.has_mask
 
 
 def _decode_one(sample: Sample, size: int):
@@ -113,11 +129,20 @@ def load_arrays(
     progress.done()
     if problems:
         raise DatasetError(root, problems)
+    labels = np.array([s.defective for s in samples], dtype=np.int64)
+    marked = masks.reshape(len(samples), -1).any(axis=1)
+    named = np.array([s.mask_path is not None for s in samples], dtype=bool)
+    has_mask = (labels == 0) | marked
+    empty = (labels == 1) & named & ~marked
+    if empty.any():
+        notes.append(f"{int(empty.sum())} defective image(s) have an empty mask: counted as image-level labels")
     return ArraySet(
         samples=samples,
         images=images,
         masks=masks,
-        labels=np.array([s.defective for s in samples], dtype=np.int64),
+        labels=labels,
         class_ids=np.array([s.class_id for s in samples], dtype=np.int64),
         notes=notes,
+        has_mask=has_mask,
+        empty_masks=int(np.count_nonzero(empty)),
     )
