@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dagm_defects.evaluation import metrics, plots
+from dagm_defects.evaluation import metrics, pixel, plots
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -24,27 +24,41 @@ def write_report(
     keys: list[str],
     source: str,
     extra: dict | None = None,
+    has_mask: np.ndarray | None = None,
+    empty_masks: int = 0,
 ) -> dict:
-    """Write the evaluation (plus `extra` keys) and its plots; return what was written."""
+    """Write the evaluation (plus `extra` keys) and its plots; return what was written.
+
+    `has_mask`: per image, whether its pixel truth is known (a good image, or a defective
+    one with a mask); None infers it from `true_masks`. `empty_masks`: how many defective
+    images had an all-zero mask file, counted as image-level labels. Pixel metrics (the
+    `pixel` block) cover only the images with pixel truth; `labels` says how many that is.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    known = pixel.known_pixels(labels, true_masks, has_mask)
     summary = metrics.summarize(labels, scores, class_ids, threshold)
     summary["source"] = source
+    summary["labels"] = pixel.label_counts(labels, known, empty_masks)
+    summary["pixel"] = pixel.pixel_metrics(labels, true_masks, seg_maps, known)
     summary["scores"] = {key: round(float(s), 6) for key, s in zip(keys, scores)}
     summary.update(extra or {})
     (out_dir / EVALUATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     plots.plot_pr_roc(metrics.curves(labels, scores, class_ids), out_dir / "pr_roc.png")
     plots.plot_confusion(summary, out_dir / "confusion.png")
     chosen = plots.pick_examples(labels, scores, threshold, max_items=16)
+    # An image-level label has no outline to draw; its heading says why there is none.
+    image_level = [bool(labels[i]) and not known[i] for i in chosen]
     plots.plot_mask_grid(
         [images[i] for i in chosen],
-        [true_masks[i] * 255 if labels[i] else None for i in chosen],
+        [true_masks[i] * 255 if labels[i] and known[i] else None for i in chosen],
         [seg_maps[i] for i in chosen],
         [float(scores[i]) for i in chosen],
         [int(labels[i]) for i in chosen],
         out_dir / "masks.png",
         threshold,
-        titles=[keys[i] for i in chosen],
+        titles=[f"{keys[i]} (image-level label, no mask)" if level else keys[i]
+                for i, level in zip(chosen, image_level)],
     )
     return summary
 
