@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 RECORD ?= docs/results
 SUITE_RECORD := bench-output/suite.json
 
-.PHONY: venv locks demo test docs bench bench-real bench-serving figures images image-test local-aws clean
+.PHONY: venv locks demo test docs bench bench-real bench-labels bench-serving figures images image-test local-aws clean
 
 # An empty MLflow store at MLflow's schema, which each training job copies (dagm_defects/tracking/store.py).
 MLFLOW_TEMPLATE_STAMP := $(VENV)/share/dagm-defects/.template-made
@@ -74,6 +74,12 @@ bench: venv
 # The CPU recipe on genuine DAGM (../shared/data/dagm-real), three seeds; skips without it.
 bench-real: venv
 	$(PY) bench/real_dagm.py $(if $(RECORD),--record $(RECORD)/real-dagm.json)
+
+# The default recipe at several label budgets (masks kept, defective images kept) on genuine
+# DAGM Class 8 and magnetic-tile Class 1 (../shared/data), one job after another; skips a set
+# without its data.
+bench-labels: venv
+	$(PY) bench/label_budget.py $(if $(RECORD),--record $(RECORD)/label-budget.json)
 
 # The serving figures the docs quote: the real `serve` on bench-real's seed-0 model (genuine
 # class 8) against in-process, clean vs defective on the genuine class 8 images.

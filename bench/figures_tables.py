@@ -4,12 +4,14 @@ measured. A table whose record is not there yet says which command makes it."""
 
 from __future__ import annotations
 
+import io
 import shlex
 import statistics
 from datetime import datetime, timezone
 
 # The command that measures each record; `make figures` then takes it into the docs.
-MAKES = {"serving": "make bench-serving", "real-dagm": "make bench-real", "suite": "make test"}
+MAKES = {"serving": "make bench-serving", "real-dagm": "make bench-real", "suite": "make test",
+         "label-budget": "make bench-labels"}
 
 
 def provenance(record: dict) -> str:
@@ -161,4 +163,85 @@ def summary(records: dict) -> str:
     return "\n\n".join([table(["figure", "value"], rows), *lines])
 
 
-TABLES = {"serving": serving, "real-dagm": real_dagm, "suite": suite, "summary": summary}
+def cell(text: str) -> str:
+    """`text` fit for one table cell: one line, its pipes escaped."""
+    return text.splitlines()[0].replace("|", "\\|") if text else ""
+
+
+def budget_row(name: str, budget: str, f: dict) -> list:
+    labelled = f.get("labelled")
+    counts = f"{labelled['good']} / {labelled['defective']} / {labelled['masks']}" if labelled else ""
+    minutes = f"{f['training_minutes']:.2f}" if "training_minutes" in f else ""
+    shown = f"{budget} (the {f['same_job_as']} job)" if "same_job_as" in f else budget
+    if f["status"] != "ok":
+        return [name, shown, counts, f"failed: {cell(f['error'])}", "", "", "", "", "", minutes]
+
+    def score(value) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    return [name, shown, counts, f["supervision"] or "not reported", score(f["ap"]), score(f["auroc"]),
+            f"{score(f['recall'])} ({f['test_defective']})",
+            f"{score(f['false_reject_rate'])} ({f['false_rejects']} of {f['test_good']})",
+            f"{f['threshold']:.3f}", minutes]
+
+
+# Where docs/results.md finds the plot figures.py writes (PLOTS).
+LABEL_BUDGET_PLOT = "results/label-budget.png"
+
+
+def label_budget(records: dict) -> str:
+    if "label-budget" not in records:
+        return not_yet("label-budget")
+    r = records["label-budget"]["results"]
+    rows = [budget_row(f"{name} (Class {s['class']})", budget, figures)
+            for name, s in r["sets"].items() for budget, figures in s["budgets"].items()]
+    header = ["set", "budget", "labelled: good / defective / masks", "supervision", "AP", "AUROC",
+              "recall (test defects)", "false-reject rate (false rejects of good test images)", "threshold",
+              "training job, min"]
+    tested = "; ".join(f"{name} on {s['test']} ({s['test_part']['good']} good, {s['test_part']['defective']} "
+                       f"defective)" for name, s in r["sets"].items())
+    parts = [table(header, rows), f"Tested: {tested}."]
+    if r["epochs_override"] is not None:
+        parts.append(f"Epochs overridden to {r['epochs_override']}: a smoke run, not the recipe's figures.")
+    if r["skipped"]:
+        parts.append("Not run, without their data: " + "; ".join(f"{name} ({why})" for name, why in r["skipped"].items())
+                     + ".")
+    parts.append(f"![AP against the label budget, one line per set and budget family]({LABEL_BUDGET_PLOT})")
+    return "\n\n".join([*parts, provenance(records["label-budget"])])
+
+
+def label_budget_plot(record: dict) -> bytes:
+    """AP against K: the masks kept (masks-K) or the defective images kept (defects-K), one line
+    per set and family, as PNG bytes that depend only on the record (no software metadata)."""
+    # Imported here: only a label-budget record needs matplotlib, and no pyplot state is used.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.2), dpi=100)
+    axes = figure.add_subplot()
+    ticks = set()
+    for name, s in record["results"]["sets"].items():
+        for family, counted, style in (("masks", "masks", "-"), ("defects", "defective", "--")):
+            points = sorted((f["labelled"][counted], f["ap"]) for budget, f in s["budgets"].items()
+                            if budget.startswith(f"{family}-") and f["status"] == "ok" and f["ap"] is not None)
+            if points:
+                axes.plot(*zip(*points), style, marker="o", label=f"{name}, {family}-K")
+                ticks.update(x for x, _ in points)
+    # Symmetric log: K = 0 stays on the axis and 3, 5, 10 stay apart from "all" (over 100).
+    axes.set_xscale("symlog", linthresh=1)
+    axes.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
+    axes.minorticks_off()
+    axes.set_xlabel("K: masks kept (masks-K), defective images kept (defects-K)")
+    axes.set_ylabel("AP on the test part")
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png", metadata={"Software": None})
+    return out.getvalue()
+
+
+TABLES = {"serving": serving, "real-dagm": real_dagm, "suite": suite, "summary": summary,
+          "label-budget": label_budget}
+# The plots figures.py writes to docs/results/NAME.png, from NAME's record, for its table to show.
+PLOTS = {"label-budget": label_budget_plot}

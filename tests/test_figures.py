@@ -223,3 +223,76 @@ def test_the_committed_figures_are_current():
         pytest.skip("docs/results has no benchmark records yet (make bench, make bench-real, make figures)")
     result = figures(REPO, "--check")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+OK_BUDGET = {"status": "ok", "labelled": {"good": 455, "defective": 105, "masks": 5}, "training_minutes": 2.61,
+             "supervision": "mixed", "evaluated_on": "test channel", "ap": 0.9712, "auroc": 0.995, "recall": 0.9333,
+             "test_defective": 45, "false_reject_rate": 0.0205, "false_rejects": 4, "test_good": 195,
+             "threshold": 0.4123}
+ALL_BUDGET = {**OK_BUDGET, "labelled": {"good": 455, "defective": 105, "masks": 105}, "supervision": "full",
+              "ap": 1.0, "auroc": 1.0, "recall": 1.0, "false_reject_rate": 0.0, "false_rejects": 0}
+LABEL_BUDGET = {
+    "benchmark": "label_budget", "hyperparameters": {}, "epochs_override": None, "seed": 0,
+    "sets": {
+        "dagm": {"data": "../shared/data/dagm-real", "class": 8,
+                 "test": "a stratified 30% of Class8/Train held out (seed 0), never trained on",
+                 "train_part": {"good": 455, "defective": 105, "masks": 105},
+                 "test_part": {"good": 195, "defective": 45, "masks": 45},
+                 "budgets": {"masks-5": OK_BUDGET, "masks-all": ALL_BUDGET,
+                             "defects-0": {"status": "failed", "labelled": {"good": 455, "defective": 0, "masks": 0},
+                                           "training_minutes": 0.4,
+                                           "error": "no defect | at all\n--- last lines of the job ---\n..."},
+                             "defects-3": {**OK_BUDGET, "labelled": {"good": 455, "defective": 3, "masks": 3},
+                                           "supervision": None, "ap": 0.5},
+                             "defects-all": {**ALL_BUDGET, "same_job_as": "masks-all"}}},
+    },
+    "skipped": {"tile": "no ../shared/data/magnetic-tile/Class1/Train/Label/Labels.txt"},
+    "failed": ["dagm defects-0"],
+}
+
+
+def test_the_label_budget_record_renders_its_table_and_its_plot(tmp_path):
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "results.md"
+    page.write_text("<!-- figures: label-budget -->\n<!-- /figures -->\n")
+    assert figures(tmp_path).returncode == 0
+    assert "Not measured yet: run `make bench-labels`, then `make figures`." in page.read_text().splitlines()
+    assert not (tmp_path / "docs" / "results" / "label-budget.png").exists()
+
+    write_record(tmp_path, "label-budget", LABEL_BUDGET)
+    result = figures(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["rewrote: docs/results.md: figures block 'label-budget'",
+                                          "rewrote: docs/results/label-budget.png: plot"]
+    lines = page.read_text().splitlines()
+    for line in [
+        "| set | budget | labelled: good / defective / masks | supervision | AP | AUROC | recall (test defects) | "
+        "false-reject rate (false rejects of good test images) | threshold | training job, min |",
+        "| dagm (Class 8) | masks-5 | 455 / 105 / 5 | mixed | 0.9712 | 0.9950 | 0.9333 (45) | 0.0205 (4 of 195) "
+        "| 0.412 | 2.61 |",
+        "| dagm (Class 8) | defects-0 | 455 / 0 / 0 | failed: no defect \\| at all |  |  |  |  |  | 0.40 |",
+        "| dagm (Class 8) | defects-3 | 455 / 3 / 3 | not reported | 0.5000 | 0.9950 | 0.9333 (45) | 0.0205 (4 of 195) "
+        "| 0.412 | 2.61 |",
+        "| dagm (Class 8) | defects-all (the masks-all job) | 455 / 105 / 105 | full | 1.0000 | 1.0000 | 1.0000 (45) "
+        "| 0.0000 (0 of 195) | 0.412 | 2.61 |",
+        "Tested: dagm on a stratified 30% of Class8/Train held out (seed 0), never trained on (195 good, 45 defective).",
+        "Not run, without their data: tile (no ../shared/data/magnetic-tile/Class1/Train/Label/Labels.txt).",
+        "![AP against the label budget, one line per set and budget family](results/label-budget.png)",
+        PROVENANCE.replace("serving.py", "label_budget.py").replace("serving.json", "label-budget.json")]:
+        assert line in lines, line
+    assert not any(line.startswith("Epochs overridden") for line in lines)
+    png = (tmp_path / "docs" / "results" / "label-budget.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    current = figures(tmp_path, "--check")
+    assert (current.returncode, current.stdout) == (0, ""), current.stderr  # the same record draws the same bytes
+
+    # A smoke run says so; a stale plot is named by --check.
+    write_record(tmp_path, "label-budget", {**LABEL_BUDGET, "epochs_override": 1})
+    (tmp_path / "docs" / "results" / "label-budget.png").write_bytes(b"old")
+    stale = figures(tmp_path, "--check")
+    assert stale.returncode == 1
+    assert stale.stdout.splitlines() == ["stale: docs/results.md: figures block 'label-budget'",
+                                         "stale: docs/results/label-budget.png: plot"]
+    assert figures(tmp_path).returncode == 0
+    assert "Epochs overridden to 1: a smoke run, not the recipe's figures." in page.read_text().splitlines()
+    assert (tmp_path / "docs" / "results" / "label-budget.png").read_bytes() == png
