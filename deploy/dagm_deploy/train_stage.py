@@ -64,8 +64,11 @@ def run(args: argparse.Namespace) -> dict:
         evaluation, written = training_job.evaluation(s3, name, model_data)
     except training_job.JobFailed as failed:
         raise StageFailed(str(failed)) from None
-    test_ap = float(evaluation["overall"]["ap"])
-    reasons = [f"test AP {test_ap:.4f} is below --min-ap {args.min_ap}"] if test_ap < args.min_ap else []
+    test_ap = evaluation["overall"]["ap"]
+    if test_ap is None:  # a good-only test set: nothing shows the model finds a defect
+        reasons = [f"the test set has no defective image ({evaluation['overall']['n']} good ones): no test AP"]
+    else:
+        reasons = [f"test AP {test_ap:.4f} is below --min-ap {args.min_ap}"] if test_ap < args.min_ap else []
     result = {"job": name, "model_data": model_data, "test_ap": test_ap}
     if args.model_package_group:
         evidence = registry.Evidence(name, model_data, evaluation,
