@@ -121,3 +121,28 @@ def test_unknown_class_selection_is_named(make_dataset):
     root = make_dataset(classes=(1,), images_per_split=4)
     with pytest.raises(DatasetError, match=r"class 7 was asked for but .* has only classes \[1\]"):
         read_index(root, classes=[7])
+
+
+def test_a_defective_row_without_a_mask_is_an_image_level_label(make_dataset):
+    root = make_dataset(classes=(1,), images_per_split=24)
+    split = root / "Class1" / "Train"
+    labels_file = split / "Label" / "Labels.txt"
+    rows = _labels(split)
+    image_level, missing = [r for r in rows if r.defective][:2]
+    # Both ways a labeller leaves a mask out: the good row's `0<TAB>0<TAB>` columns, or none.
+    text = labels_file.read_text()
+    text = text.replace(image_level.to_line(), f"{image_level.number}\t1\t{image_level.image}\t0\t0\t")
+    labels_file.write_text(text)
+    (split / "Label" / missing.mask).unlink()
+    with pytest.raises(DatasetError) as info:
+        read_index(root, splits=("Train",))
+    # A row naming a mask that is not there is still a bad label, named with its file.
+    assert info.value.problems == [f"Class1/Train: Labels.txt names mask Label/{missing.mask}, which is missing"]
+
+    labels_file.write_text(text.replace(missing.to_line(), f"{missing.number}\t1\t{missing.image}"))
+    samples = read_index(root, splits=("Train",))
+    by_name = {s.image_path.name: s for s in samples}
+    assert len(samples) == len(rows)
+    for row in (image_level, missing):
+        assert by_name[row.image].defective and by_name[row.image].mask_path is None
+    assert sum(s.defective and s.mask_path is not None for s in samples) == sum(r.defective for r in rows) - 2
