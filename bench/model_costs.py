@@ -23,15 +23,15 @@ from dagm_defects.device import Device
 from dagm_defects.model import build_model, inference_copy
 from dagm_defects.model_config import ModelConfig
 from dagm_defects.training.hyperparameters import parse_hyperparameters
-from dagm_defects.training.loop import train_step
+from dagm_defects.training.loop import Objective, train_step
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGURATIONS = sorted((REPO / "local_test" / "hyperparameters").glob("*.json"))
 
 
-def gflops(model, size: int) -> float:
+def gflops(model, size: tuple[int, int]) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 1, size, size, dtype=torch.uint8))
+        model(torch.zeros(1, 1, *size, dtype=torch.uint8))
     return counter.get_total_flops() / 1e9
 
 
@@ -48,7 +48,7 @@ def measure(config: ModelConfig, seconds: float, infer_batch: int, train_batch: 
             layout=torch.channels_last) -> dict:
     size = config.image_size
     model = build_model(config).to(memory_format=layout)
-    images = torch.randint(0, 256, (infer_batch, 1, size, size), dtype=torch.uint8)
+    images = torch.randint(0, 256, (infer_batch, 1, *size), dtype=torch.uint8)
     images = images.contiguous(memory_format=layout)
 
     def infer_with(network):
@@ -66,11 +66,12 @@ def measure(config: ModelConfig, seconds: float, infer_batch: int, train_batch: 
     batch = images[:train_batch]
     masks = torch.zeros_like(batch)
     labels = torch.zeros(train_batch)
+    known = torch.ones(train_batch, dtype=torch.bool)
 
     device = Device(torch.device("cpu"), amp=False, channels_last=layout == torch.channels_last)
 
     def train():
-        train_step(model, optimizer, batch, masks, labels, device, 10.0)
+        train_step(model, optimizer, (batch, masks, labels, known), device, Objective(10.0))
 
     training = rate(train, train_batch, seconds)
     return {

@@ -22,7 +22,7 @@ from dagm_defects.data.reader import read_index
 from dagm_defects.model import build_model
 from dagm_defects.model_config import ModelConfig
 from dagm_defects.device import Device
-from dagm_defects.training.loop import balanced_indices, batches, train_one_epoch, train_step
+from dagm_defects.training.loop import Objective, balanced_indices, batches, train_one_epoch, train_step
 from dagm_defects.training.stop import StopFlag
 from dagm_synth import generate_dataset
 
@@ -39,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generate_dataset(tmp, classes=classes, images_per_split=args.images, size=512, seed=0)
         started = time.perf_counter()
-        arrays = load_arrays(read_index(tmp, classes, ("Train",)), args.size)
+        arrays = load_arrays(read_index(tmp, classes, ("Train",)), (args.size, args.size))
         decode_seconds = time.perf_counter() - started
 
     device = Device(torch.device("cpu"), amp=False)
@@ -54,14 +54,14 @@ def main() -> None:
         model.to(memory_format=layout).train()
         started = time.perf_counter()
         step_device = Device(device.device, amp=False, channels_last=layout == torch.channels_last)
-        for images, masks, labels in ready:
-            train_step(model, optimizer, images, masks, labels, step_device, 10.0)
+        for batch in ready:
+            train_step(model, optimizer, batch, step_device, Objective(10.0))
         return len(order) / (time.perf_counter() - started)
 
     def pipeline() -> float:
         model.to(memory_format=torch.channels_last)
         stats = train_one_epoch(model, optimizer, arrays, order, args.batch_size,
-                                np.random.default_rng(1), device, 10.0, StopFlag())
+                                np.random.default_rng(1), device, lambda _: Objective(10.0), StopFlag())
         return stats.images_per_sec
 
     in_memory()  # warm-up

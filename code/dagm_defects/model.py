@@ -79,6 +79,9 @@ class SegDecNet(nn.Module):
             _conv(dch(16), dch(32), 5),
         )
         self.classifier = nn.Linear(2 * dch(32) + 2, 1)
+        # Training-time only, never saved: whether the decision loss may reshape the
+        # segmentation features (weak supervision, training/supervision.py).
+        self.segmentation_from_decision = False
 
     @staticmethod
     def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -99,8 +102,11 @@ class SegDecNet(nn.Module):
         x = self.normalize(images) if images.dtype == torch.uint8 else images
         features = self.segmentation(x)
         seg_logits = self.seg_head(features)
-        # Stop the decision loss from reshaping the segmentation features (Bozic et al.).
-        d = self.decision(torch.cat([features.detach(), seg_logits.detach()], dim=1))
+        # Stop the decision loss from reshaping the segmentation features (Bozic et al.),
+        # unless no defect mask exists to train them otherwise.
+        if not self.segmentation_from_decision:
+            features = features.detach()
+        d = self.decision(torch.cat([features, seg_logits.detach()], dim=1))
         seg = seg_logits.detach()
         pooled = torch.cat(
             [

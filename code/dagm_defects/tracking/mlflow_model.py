@@ -31,7 +31,7 @@ class DefectModel(mlflow.pyfunc.PythonModel):
         self.model = inference_copy(artifact.model).eval()
         self.threshold = artifact.threshold
 
-    def predict(self, context, model_input, params=None) -> dict[str, np.ndarray]:
+    def predict(self, context, model_input: np.ndarray, params=None) -> dict[str, np.ndarray]:
         images = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8)).unsqueeze(1)
         with torch.inference_mode():
             _, dec_logits = self.model(images)
@@ -39,15 +39,16 @@ class DefectModel(mlflow.pyfunc.PythonModel):
         return {"score": scores, "defective": scores >= self.threshold}
 
 
-def signature(image_size: int) -> ModelSignature:
+def signature(image_size: tuple[int, int]) -> ModelSignature:
+    """Input: N x height x width uint8 images, already placed on the model's canvas."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size))]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_size))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,), "score"),
                         TensorSpec(np.dtype(np.bool_), (-1,), "defective")]),
     )
 
 
-def save_mlflow_model(path: str | Path, model_dir: str | Path, image_size: int) -> Path:
+def save_mlflow_model(path: str | Path, model_dir: str | Path, image_size: tuple[int, int]) -> Path:
     """Write the MLflow model for the model directory `model_dir` to `path`."""
     from importlib import metadata
 

@@ -29,6 +29,7 @@ from dagm_defects.training.hyperparameters import HyperparameterError
 from dagm_defects.training.rules import RuleStopped
 from dagm_defects.training.settings import SETTINGS_ENV, ChannelError, TrainingSettings, settings_from_toolkit
 from dagm_defects.training.stop import StopFlag, StopRequested
+from dagm_defects.training.supervision import SupervisionError
 
 
 class RankFailure(RuntimeError):
@@ -38,7 +39,7 @@ class RankFailure(RuntimeError):
 # Failures whose message is the whole story for the user.
 USER_ERRORS = (
     HyperparameterError, ChannelError, DatasetError, CheckpointError, ArtifactError,
-    StopRequested, RankFailure, RuleStopped, TrackingConfigError,
+    StopRequested, RankFailure, RuleStopped, TrackingConfigError, SupervisionError,
 )
 HOST_RESOLVE_SECONDS = 300
 

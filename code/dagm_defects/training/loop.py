@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,8 +17,11 @@ from torch.nn import functional as F
 from dagm_defects.data.arrays import ArraySet
 from dagm_defects.device import Device
 from dagm_defects.progress import Progress
+from dagm_defects.training.anomalies import paste_anomalies
 from dagm_defects.training.monitor import StepMonitor
 from dagm_defects.training.stop import StopFlag
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def batches(
@@ -26,12 +29,19 @@ def batches(
     indices: np.ndarray,
     batch_size: int,
     rng: np.random.Generator | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(images N x 1 x S x S uint8, masks N x 1 x S x S uint8, labels N float); random
-    horizontal and vertical flips when `rng` is given."""
+    synthetic_defects: bool = False,
+) -> Iterator[Batch]:
+    """(images N x 1 x H x W uint8, masks N x 1 x H x W uint8, labels N float, has_mask N
+    bool); random horizontal and vertical flips when `rng` is given, and with
+    `synthetic_defects` half of each batch's good images turned into defective ones."""
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
         images, masks = arrays.images[idx], arrays.masks[idx]
+        labels, has_mask = arrays.labels[idx].copy(), arrays.has_mask[idx].copy()
+        if synthetic_defects and rng is not None:
+            chosen = np.flatnonzero((labels == 0) & (rng.random(len(idx)) < 0.5))
+            images[chosen], masks[chosen] = paste_anomalies(images[chosen], rng)
+            labels[chosen], has_mask[chosen] = 1, True
         if rng is not None:
             for axis in (1, 2):
                 flip = rng.random(len(idx)) < 0.5
@@ -40,7 +50,8 @@ def batches(
         yield (
             torch.from_numpy(images).unsqueeze(1),
             torch.from_numpy(masks).unsqueeze(1),
-            torch.from_numpy(arrays.labels[idx]).float(),
+            torch.from_numpy(labels).float(),
+            torch.from_numpy(has_mask),
         )
 
 
@@ -65,24 +76,43 @@ def segmentation_target(masks: torch.Tensor, downsample: int) -> torch.Tensor:
     return F.max_pool2d(masks.float(), downsample)
 
 
-def mixed_loss(seg_logits, dec_logits, masks, labels, seg_pos_weight: float):
-    """Segmentation loss on every image (good images have an all-zero mask) plus the
-    image-level decision loss. The gradient stop inside the model keeps the two from
-    competing, so a plain sum trains both heads."""
-    seg = F.binary_cross_entropy_with_logits(
+@dataclass(frozen=True)
+class Objective:
+    """How one step weighs its two losses (training/supervision.py says why)."""
+
+    seg_pos_weight: float
+    seg_weight: float = 1.0
+    dec_weight: float = 1.0
+
+
+def mixed_loss(seg_logits, dec_logits, masks, labels, has_mask, objective: Objective):
+    """The segmentation loss over the images whose pixel truth is known (good images have an
+    all-zero mask; a defective image without a mask has none) plus the image-level decision
+    loss on every image, each with its weight. Returns (loss, seg, dec), the last two
+    unweighted and detached."""
+    per_pixel = F.binary_cross_entropy_with_logits(
         seg_logits.float(),
         segmentation_target(masks, masks.shape[-1] // seg_logits.shape[-1]),
-        pos_weight=torch.tensor(seg_pos_weight, device=seg_logits.device),
+        pos_weight=torch.tensor(objective.seg_pos_weight, device=seg_logits.device),
+        reduction="none",
     )
+    known = has_mask.to(per_pixel.device, torch.float32)
+    # Mean over the known images' pixels; zero (and no gradient) in a batch with none.
+    seg = (per_pixel.mean(dim=(1, 2, 3)) * known).sum() / known.sum().clamp(min=1.0)
     dec = F.binary_cross_entropy_with_logits(dec_logits.float(), labels)
-    return seg + dec, seg.detach(), dec.detach()
+    loss = objective.seg_weight * seg + objective.dec_weight * dec
+    return loss, seg.detach(), dec.detach()
 
 
 def seg_pos_weight(arrays: ArraySet, downsample: int) -> float:
-    """Weight of defect pixels in the segmentation loss, from their rarity (capped)."""
-    target = segmentation_target(torch.from_numpy(arrays.masks[arrays.labels == 1]).unsqueeze(1), downsample)
+    """Weight of defect pixels in the segmentation loss, from their rarity among the masked
+    defective images (capped); 1 without any."""
+    masked = (arrays.labels == 1) & arrays.has_mask
+    if not masked.any():
+        return 1.0
+    target = segmentation_target(torch.from_numpy(arrays.masks[masked]).unsqueeze(1), downsample)
     positive = float(target.sum())
-    total = target.numel() * max(1, len(arrays)) / max(1, int(arrays.labels.sum()))
+    total = target.numel() * max(1, len(arrays)) / int(masked.sum())
     return float(np.clip((total - positive) / max(positive, 1.0), 1.0, 20.0))
 
 
@@ -108,16 +138,17 @@ def _any_rank_stopping(stop: StopFlag, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def train_step(model, optimizer, images, masks, labels, device: Device, pos_weight: float,
+def train_step(model, optimizer, batch: Batch, device: Device, objective: Objective,
                monitor: StepMonitor | None = None):
     """One optimisation step on a batch; returns (loss, seg_loss, dec_loss) tensors."""
+    images, masks, labels, has_mask = batch
     images = device.images(images)
     masks, labels = masks.to(device.device), labels.to(device.device)
     if monitor:
         monitor.data_ready()
     with device.autocast():
         seg_logits, dec_logits = model(images)
-    loss, seg, dec = mixed_loss(seg_logits, dec_logits, masks, labels, pos_weight)
+    loss, seg, dec = mixed_loss(seg_logits, dec_logits, masks, labels, has_mask, objective)
     if monitor:
         monitor.phase("forward")
     optimizer.zero_grad(set_to_none=True)
@@ -137,22 +168,24 @@ def train_one_epoch(
     batch_size: int,
     rng: np.random.Generator,
     device: Device,
-    pos_weight: float,
+    objective: Callable[[float], Objective],
     stop: StopFlag,
     label: str = "epoch",
     monitor: StepMonitor | None = None,
+    synthetic_defects: bool = False,
 ) -> EpochStats:
+    """`objective(f)` gives the step's loss weights, f the share of the epoch done."""
     model.train()
     # A line every half minute, so a long epoch on a big dataset never looks stuck.
     progress = Progress(label, len(indices), every_seconds=30)
     started = time.perf_counter()
     totals = np.zeros(3)
     seen = 0
-    for images, masks, labels in batches(arrays, indices, batch_size, rng):
+    for batch in batches(arrays, indices, batch_size, rng, synthetic_defects):
         if _any_rank_stopping(stop, device.device):
             break
-        loss, seg, dec = train_step(model, optimizer, images, masks, labels, device, pos_weight, monitor)
-        n = len(labels)
+        loss, seg, dec = train_step(model, optimizer, batch, device, objective(seen / max(len(indices), 1)), monitor)
+        n = len(batch[2])
         values = [loss.item(), seg.item(), dec.item()]
         totals += n * np.array(values)
         seen += n
@@ -168,7 +201,7 @@ def predict_arrays(model, arrays: ArraySet, batch_size: int, device: Device) -> 
     """Defect probabilities (N) and segmentation probability maps (N x S/d x S/d)."""
     model.eval()
     scores, maps = [], []
-    for images, _, _ in batches(arrays, np.arange(len(arrays)), batch_size):
+    for images, *_ in batches(arrays, np.arange(len(arrays)), batch_size):
         with device.autocast():
             seg_logits, dec_logits = model(device.images(images))
         scores.append(torch.sigmoid(dec_logits.float()).cpu().numpy())

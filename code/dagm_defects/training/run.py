@@ -24,6 +24,7 @@ from dagm_defects.training.checkpoint import TrainingState, load_checkpoint, sav
 from dagm_defects.training.data import DataSplits, prepare_data
 from dagm_defects.training.observer import JobObserver
 from dagm_defects.training.loop import (
+    Objective,
     balanced_indices,
     predict_arrays,
     seg_pos_weight,
@@ -32,6 +33,9 @@ from dagm_defects.training.loop import (
 from dagm_defects.training.rules import RuleStopped
 from dagm_defects.training.settings import TrainingSettings
 from dagm_defects.training.stop import StopFlag, StopRequested
+from dagm_defects.training.supervision import Supervision, resolve_supervision, training_set
+from dagm_defects.training.synthetic import monitoring_set, synthetic_pos_weight
+from dagm_defects.training import threshold as thresholds
 
 
 def _log(**tokens) -> None:
@@ -112,9 +116,19 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
          test_images=len(splits.test), test_source=json.dumps(splits.test_source))
     if observer:
         observer.data_ready(splits)
+    supervision = resolve_supervision(hp.supervision, splits.train)
+    train = training_set(supervision, splits.train)
+    # Good-only: the epochs' validation AP is measured on synthetic defects drawn on the
+    # held-out good images, so the rules and the curves have something to follow.
+    watched = monitoring_set(splits.validation, hp.seed) if supervision.synthetic_defects else splits.validation
+    write_line(f"supervision: {supervision.describe()}")
+    _log(event="supervision", mode=supervision.mode, requested=supervision.requested, good=supervision.good,
+         defective=supervision.defective, masks=supervision.masks, image_level=supervision.image_level,
+         empty_masks=supervision.empty_masks)
 
     config = hp.model_config()
     model = build_model(config)
+    model.segmentation_from_decision = supervision.segmentation_from_decision
     if hp.warm_start:
         warm_start(model, baseline, config)
         _log(event="warm_start", from_model=json.dumps(baseline.metadata.get("created_utc")))
@@ -128,21 +142,24 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
         _log(event="resumed", epochs_done=state.epochs_done, checkpoint=settings.checkpoint_dir)
     net = DistributedDataParallel(model) if world > 1 else model
 
-    pos_weight = seg_pos_weight(splits.train, config.downsample)
+    pos_weight = (synthetic_pos_weight(train, config.downsample, hp.seed) if supervision.synthetic_defects
+                  else seg_pos_weight(train, config.downsample))
     val_scores = None
     started = time.monotonic()
     monitor = observer.monitor if observer else None
     for epoch in range(state.epochs_done, hp.epochs):
         epoch_started = time.monotonic()
         rng = np.random.default_rng([hp.seed, epoch, rank])
-        indices = _epoch_indices(splits.train.labels, epoch, hp.seed, rank, world, hp.batch_size)
+        indices = _epoch_indices(train.labels, epoch, hp.seed, rank, world, hp.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(hp.learning_rate, epoch, hp.epochs)
         if monitor:
             monitor.begin_epoch(epoch + 1)
         try:
-            stats = train_one_epoch(net, optimizer, splits.train, indices, hp.batch_size, rng, device,
-                                    pos_weight, stop, label=f"epoch {epoch + 1}/{hp.epochs}", monitor=monitor)
+            stats = train_one_epoch(net, optimizer, train, indices, hp.batch_size, rng, device,
+                                    _objective(supervision, pos_weight, epoch, hp.epochs), stop,
+                                    label=f"epoch {epoch + 1}/{hp.epochs}", monitor=monitor,
+                                    synthetic_defects=supervision.synthetic_defects)
         except RuleStopped as exc:
             raise RuleStopped(_rule_stop_reason(exc, settings, state)) from None
         if stop.requested:
@@ -154,8 +171,8 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
                 f"checkpoint with {state.epochs_done} finished epoch(s) saved to {where}; "
                 f"a restarted job resumes from it"
             )
-        val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
-        val = metrics.summarize(splits.validation.labels, val_scores, splits.validation.class_ids, 0.5)["overall"]
+        val_scores, _ = predict_arrays(model, watched, hp.batch_size, device)
+        val = metrics.summarize(watched.labels, val_scores, watched.class_ids, 0.5)["overall"]
         state.epochs_done = epoch + 1
         record = {"epoch": epoch + 1, "epochs": hp.epochs, "train_loss": stats.loss,
                   "seg_loss": stats.seg_loss, "dec_loss": stats.dec_loss, "val_ap": val["ap"],
@@ -170,14 +187,22 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
         if observer:
             try:
                 observer.epoch_done(record, lr, images_per_sec, time.monotonic() - epoch_started,
-                                    splits.validation.labels, val_scores)
+                                    watched.labels, val_scores)
             except RuleStopped as exc:
                 raise RuleStopped(_rule_stop_reason(exc, settings, state)) from None
 
     _log(event="finished", rank=rank, world_size=world, params_checksum=f"{_checksum(model):.6f}")
     if not leader:
         return None
-    return _finish(settings, model, splits, device, state, val_scores, baseline, observer)
+    if watched is not splits.validation:
+        val_scores = None  # the threshold is set on the real held-out images
+    return _finish(settings, model, splits, train, supervision, device, state, val_scores, baseline, observer)
+
+
+def _objective(supervision: Supervision, pos_weight: float, epoch: int, epochs: int):
+    def at(fraction: float) -> Objective:
+        return Objective(pos_weight, *supervision.loss_weights((epoch + fraction) / epochs))
+    return at
 
 
 def _rule_stop_reason(exc: RuleStopped, settings: TrainingSettings, state: TrainingState) -> str:
@@ -190,12 +215,31 @@ def _num(value) -> float | str:
     return "nan" if value is None else float(value)
 
 
-def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Device, state: TrainingState,
-            val_scores: np.ndarray | None, baseline: Artifact | None, observer: JobObserver | None) -> dict:
+def _choose_threshold(settings: TrainingSettings, model, splits: DataSplits, train, supervision: Supervision,
+                      device: Device, val_scores: np.ndarray) -> thresholds.ThresholdChoice:
     hp = settings.hyperparameters
-    if val_scores is None:  # resumed with every epoch already done
+    held_out = (splits.validation.labels, val_scores)
+    fitted = None
+    if thresholds.needs_training_scores(splits.validation.labels, hp.max_false_reject):
+        fitted = (train.labels, predict_arrays(model, train, hp.batch_size, device)[0])
+    choice = thresholds.choose_threshold(held_out, hp.max_false_reject, fitted)
+    for note in choice.notes:
+        write_line(f"threshold: {note}")
+    at = choice.at_threshold
+    _log(event="threshold", threshold=choice.threshold, max_false_reject=hp.max_false_reject,
+         good=at["good"], false_rejects=at["false_rejects"], defective=at["defective"], escapes=at["escapes"],
+         source=json.dumps(choice.source))
+    return choice
+
+
+def _finish(settings: TrainingSettings, model, splits: DataSplits, train, supervision: Supervision, device: Device,
+            state: TrainingState, val_scores: np.ndarray | None, baseline: Artifact | None,
+            observer: JobObserver | None) -> dict:
+    hp = settings.hyperparameters
+    if val_scores is None:  # resumed with every epoch done, or monitored on synthetic defects
         val_scores, _ = predict_arrays(model, splits.validation, hp.batch_size, device)
-    threshold = metrics.choose_threshold(splits.validation.labels, val_scores)
+    choice = _choose_threshold(settings, model, splits, train, supervision, device, val_scores)
+    threshold = choice.threshold
     validation = metrics.summarize(splits.validation.labels, val_scores, splits.validation.class_ids, threshold)
 
     test = splits.test
@@ -203,13 +247,14 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
     # Scored as served: BatchNorm folded (eval_images_per_sec is the serving forward pass).
     scores, seg_maps = predict_arrays(inference_copy(model), test, hp.batch_size, device)
     evaluation_seconds = time.monotonic() - evaluation_started
-    extra = {}
+    extra = {"supervision": supervision.to_dict(), "threshold_choice": choice.to_dict(),
+             "at_threshold": thresholds.rates_at(test.labels, scores, threshold)}
     if baseline is not None:
         extra["baseline"] = evaluate_baseline(baseline, test, hp.batch_size, device, settings.decode_workers)
         _log(event="baseline", baseline_test_ap=_num(extra["baseline"]["overall"]["ap"]))
     summary = write_report(settings.output_data_dir, test.labels, scores, test.class_ids, threshold,
                            test.images, test.masks, seg_maps, [s.key for s in test.samples],
-                           splits.test_source, extra)
+                           splits.test_source, extra, has_mask=test.has_mask, empty_masks=test.empty_masks)
     save_artifact(
         settings.model_dir,
         model,
@@ -222,6 +267,8 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
             "validation": {k: validation["overall"][k] for k in ("ap", "auroc", "accuracy")},
             "test": {k: summary["overall"][k] for k in ("ap", "auroc", "accuracy")},
             "epochs": state.epochs_done,
+            "supervision": supervision.to_dict(),
+            "threshold_choice": {k: v for k, v in choice.to_dict().items() if k != "operating_points"},
             **({"mlflow": {"run_id": observer.run_id, "experiment": settings.tracking.experiment}}
                if observer else {}),
         },
@@ -230,6 +277,7 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, device: Devic
     _log(event="evaluation", threshold=threshold, test_ap=_num(overall["ap"]), test_auroc=_num(overall["auroc"]),
          test_accuracy=_num(overall["accuracy"]), test_precision=_num(overall["precision"]),
          test_recall=_num(overall["recall"]), test_images=len(test),
+         test_false_reject_rate=_num(extra["at_threshold"]["false_reject_rate"]),
          eval_images_per_sec=len(test) / max(evaluation_seconds, 1e-9))
     for cls, block in summary["per_class"].items():
         _log(**{"class": cls, "test_ap": _num(block["ap"]), "test_auroc": _num(block["auroc"]),
