@@ -37,7 +37,9 @@ from dagm_defects.artifact import load_artifact
 from dagm_defects.data.arrays import load_arrays
 from dagm_defects.data.reader import read_index
 from dagm_defects.model import inference_copy, predict
+from dagm_defects.model_config import training_canvas
 from dagm_defects.progress import write_line
+from dagm_defects.training.hyperparameters import parse_hyperparameters
 from dagm_serve.allocator import keep_freed_memory
 from dagm_synth import generate_dataset
 from record import add_record_option, report
@@ -134,9 +136,10 @@ def main() -> int:
               f"Class8/Train with Label/Labels.txt; a user's clone does not have it)")
         return 0
     base = json.loads(args.config.read_text())
-    size = int(base.get("image_size", 512))
+    hp = parse_hyperparameters(base)
     samples = read_index(args.data, None, splits=("Train",))
-    images = load_arrays(samples[:64], size, str(args.data), "decode sample for inference", 1).images
+    canvas = training_canvas(hp.image_size, hp.space_to_depth, [s.image_path for s in samples])
+    images = load_arrays(samples[:64], canvas, str(args.data), "decode sample for inference", 1).images
     keep_freed_memory()  # this process only runs the jobs and the inference figures
     results = {}
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):

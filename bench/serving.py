@@ -13,7 +13,7 @@ drifts within a minute:
                      at a time), 16-image x-npy bodies and JSON bodies of 16 base64 PNGs,
                      vs the in-process path on the same bodies: the front's own work
                      minus HTTP, MMS and the wire, i.e. codec.decode_request (default
-                     ServingSettings limits, environment.from_env()) + resize_square +
+                     ServingSettings limits, environment.from_env()) + placement.place +
                      one Predictor.forward per 16 images + Prediction.from_outputs +
                      encode_response; `served_over_in_process` is served / in-process
                      (issue 14's target: >= 0.95), over all rounds, with the lowest

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from dagm_defects.imaging import STATISTICS, image_statistics, resize_square, summarize_statistics
+from dagm_defects.imaging import STATISTICS, image_statistics, summarize_statistics
 from dagm_defects.drift import DEFECTIVE, METRICS, NAMESPACE, SCORE, Reference, statistic_scores
+from dagm_defects.placement import Canvas, place
 from dagm_serve.input_watch import InputWatch
 
 from conftest import aws_client, aws_env, model_tarball, png, upload
@@ -51,7 +52,7 @@ def split_images(root, split: str) -> dict[int, list[np.ndarray]]:
 
 def model_input(images: list[np.ndarray], shift=None) -> np.ndarray:
     """The images (shifted first, as a camera would shift them) at the suite's model size."""
-    return np.stack([resize_square(shift(image) if shift else image, 64) for image in images])
+    return np.stack([place(shift(image) if shift else image, Canvas(64, 64)) for image in images])
 
 
 @pytest.fixture(scope="module")

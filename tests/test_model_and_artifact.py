@@ -109,15 +109,16 @@ def test_invalid_configuration_is_rejected():
 
 
 def test_metadata_from_before_the_stem_loads_as_the_model_it_was(tmp_path):
-    """Artefacts written before space_to_depth, decision_width and dilated_context existed
-    keep working: no stem, a dense 15x15 context and a decision head scaled by width
-    (their weights only fit that shape)."""
+    """Artefacts written before space_to_depth, decision_width, dilated_context and
+    non-square inputs existed keep working: no stem, a dense 15x15 context and a decision
+    head scaled by width (their weights only fit that shape), a square resized input."""
     config = ModelConfig.from_dict({"width": 0.125, "depth": 1.0, "image_size": 256})
     assert config == PLAIN_256
     model_dir = save_artifact(tmp_path / "old", build_model(PLAIN_256), 0.5, [1], {})
     meta = json.loads((model_dir / "model.json").read_text())
-    for key in ("space_to_depth", "decision_width", "dilated_context"):
+    for key in ("space_to_depth", "decision_width", "dilated_context", "placement", "placement_scale"):
         del meta["model_config"][key]
+    meta["model_config"]["image_size"] = 256
     (model_dir / "model.json").write_text(json.dumps(meta))
     artifact = load_artifact(model_dir)
     assert artifact.config == PLAIN_256 and artifact.model.classifier.in_features == 2 * 4 + 2
@@ -139,7 +140,7 @@ def _saved(tmp_path):
 def test_artifact_round_trip(tmp_path):
     model_dir = _saved(tmp_path)
     artifact = load_artifact(model_dir)
-    assert artifact.threshold == 0.4 and artifact.image_size == 128
+    assert artifact.threshold == 0.4 and artifact.image_size == (128, 128)
     assert artifact.metadata["classes"] == [1, 2]
 
 

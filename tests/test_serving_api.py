@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from dagm_defects.artifact import load_artifact
-from dagm_defects.imaging import resize_square
 from dagm_defects.model import predict
+from dagm_defects.placement import place
 
 from conftest import Server, jpeg, npy, png
 
@@ -48,8 +48,7 @@ def samples(tiny_dataset) -> list[np.ndarray]:
 
 def test_png_prediction_matches_the_model_called_in_process(served, trained_job, samples):
     artifact = load_artifact(trained_job.model_dir)
-    size = artifact.image_size
-    batch = torch.from_numpy(np.stack([resize_square(s, size) for s in samples])).unsqueeze(1)
+    batch = torch.from_numpy(np.stack([place(s, artifact.config.canvas) for s in samples])).unsqueeze(1)
     expected, _ = predict(artifact.model, batch)
     for sample, want in zip(samples, expected.tolist()):
         reply = served.post("/invocations", png(sample), "image/png")

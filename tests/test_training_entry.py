@@ -29,7 +29,7 @@ def test_successful_job_writes_model_evaluation_and_checkpoint(trained_job):
     state = torch.load(job.model_dir / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     meta = json.loads((job.model_dir / "model.json").read_text())
-    assert meta["model_config"]["image_size"] == 128 and meta["model_config"]["space_to_depth"] == 2
+    assert meta["model_config"]["image_size"] == [128, 128] and meta["model_config"]["space_to_depth"] == 2
     assert meta["classes"] == [1, 2]
     assert 0.0 <= meta["threshold"] <= 1.0
     assert set(meta["training_statistics"]["overall"]) == {"mean", "std", "contrast", "texture"}

@@ -116,7 +116,7 @@ def test_a_job_is_one_mlflow_run_with_settings_data_curves_files_and_model(train
     client, run = the_run(store_of(trained_job.work))
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("local-")
     params = run.data.params
-    assert params["epochs"] == "2" and params["image_size"] == "128" and params["device"] == "cpu"
+    assert params["epochs"] == "2" and params["image_size"] == "[128,128]" and params["device"] == "cpu"
     assert params["data.classes"] == "[1,2]" and params["data.train_images"] == "24"
     assert params["data.test_defective"] == "4" and len(params["data.content_hash"]) == 32
     [dataset] = run.inputs.dataset_inputs

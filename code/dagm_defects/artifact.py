@@ -37,7 +37,8 @@ class Artifact:
         return float(self.metadata["threshold"])
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> tuple[int, int]:
+        """The input's (height, width)."""
         return self.config.image_size
 
 
@@ -63,8 +64,8 @@ def save_artifact(
         "format_version": FORMAT_VERSION,
         "architecture": "segdecnet",
         "model_config": model.config.to_dict(),
-        "input": {"height": model.config.image_size, "width": model.config.image_size,
-                  "channels": 1, "dtype": "uint8", "resize": "bilinear"},
+        "input": {"height": model.config.image_size[0], "width": model.config.image_size[1],
+                  "channels": 1, "dtype": "uint8", "resize": "bilinear", "placement": model.config.placement},
         "threshold": float(threshold),
         "classes": [int(c) for c in classes],
         "training_statistics": training_statistics,

@@ -3,7 +3,8 @@
 Grayscale policy (documented in docs/serve.md): 8-bit grayscale is used as is; colour,
 palette and alpha images are converted to grayscale (ITU-R 601 luma, Pillow's "L");
 16-bit and 32-bit grayscale are scaled to 8 bits. Each conversion is reported back to
-the caller as a note, so training can say how many images it converted.
+the caller as a note, so training can say how many images it converted. Masks are read
+by another rule (`mask_pixels`): any non-zero value or palette index is defect.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 # A DAGM image is 512x512; anything above this is a mistake or a decompression bomb.
 MAX_PIXELS = 4096 * 4096
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+T = TypeVar("T")
 
 
 class ImageDecodeError(ValueError):
@@ -71,13 +74,14 @@ def open_image(
     return image
 
 
-def decode_opened(image: Image.Image, name: str) -> tuple[np.ndarray, str | None]:
-    """The pixels of an `open_image` result (8-bit HxW) and its conversion note."""
+def decode_opened(image: Image.Image, name: str, convert: Callable[[Image.Image], T] = to_gray) -> T:
+    """`convert` of an `open_image` result once its pixels are decoded: by default the
+    8-bit HxW pixels and their conversion note (`to_gray`)."""
     try:
         with warnings.catch_warnings(), image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-            return to_gray(image)
+            return convert(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -96,29 +100,34 @@ def decode_gray(
     `allow_wide=False`, 16/32-bit images are refused instead of scaled: a server cannot
     know which bit range a camera used, and a wrong guess gives confident nonsense."""
     where = name or ("image bytes" if isinstance(source, bytes) else str(source))
-    if not isinstance(source, bytes):
-        try:
-            source = Path(source).read_bytes()
-        except OSError as exc:
-            raise ImageDecodeError(f"{where}: cannot be read ({exc.strerror or exc})") from None
-    return decode_opened(open_image(source, where, max_pixels, allow_wide), where)
+    return decode_opened(open_image(_read(source, where), where, max_pixels, allow_wide), where)
 
 
-def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize an 8-bit HxW array to size x size (antialiased), as the model expects."""
-    if gray.shape == (size, size):
-        return gray
-    resized = Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
+def _read(source: bytes | Path | str, where: str) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"{where}: cannot be read ({exc.strerror or exc})") from None
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 0/255 mask to a 0/1 mask of size x size; thin defects survive downscaling."""
-    if mask.shape != (size, size):
-        mask = np.asarray(
-            Image.fromarray(mask, mode="L").resize((size, size), Image.Resampling.BOX), dtype=np.uint8
-        )
-    return (mask > 0).astype(np.uint8)
+def mask_pixels(image: Image.Image) -> np.ndarray:
+    """An opened mask as 0/1 uint8 HxW: any non-zero value is defect, whatever the
+    encoding (0/255, 0/1, 16-bit). A palette image is read by its indices, not their
+    colours: luma would turn a dark-coloured defect index into 0; colour is read per
+    channel for the same reason, and alpha is ignored."""
+    mode = image.mode
+    if mode in ("P", "L", "1") or mode in WIDE_MODES:
+        values = np.asarray(image.convert("I") if mode.startswith("I;16") else image)
+        return (values != 0).astype(np.uint8)
+    return np.asarray(image.convert("RGB")).any(axis=2).astype(np.uint8)
+
+
+def decode_mask(source: bytes | Path | str, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a mask's bytes or file into a 0/1 uint8 HxW array (`mask_pixels`)."""
+    where = name or ("mask bytes" if isinstance(source, bytes) else str(source))
+    return decode_opened(open_image(_read(source, where), where, max_pixels), where, mask_pixels)
 
 
 STATISTICS = ("mean", "std", "contrast", "texture")

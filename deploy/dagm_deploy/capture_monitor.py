@@ -10,8 +10,8 @@ DESTINATION/ENDPOINT/VARIANT/yyyy/mm/dd/hh/*.jsonl (the hour of its inference ti
 For each variant this module lists only the hour prefixes the window touches, keeps the
 records whose inferenceTime lies in the window, decodes every request the endpoint
 accepts (image/png, image/jpeg, application/x-npy, application/json {"instances":
-[{"b64"}]}, application/jsonlines; one request may hold several images), resizes each
-image to the model's input size with the serving front's function, and describes it by
+[{"b64"}]}, application/jsonlines; one request may hold several images), places each
+image on the model's input canvas with the serving front's function, and describes it by
 the serving workers' statistics and drift distance (dagm_defects.imaging,
 dagm_defects.drift: the functions dagm_serve.input_watch calls). So on the same requests
 its figures are the live watch's (dagm-drift without --capture): the same numbers up to
@@ -52,8 +52,9 @@ import boto3
 import numpy as np
 
 from dagm_defects.drift import DEFECTIVE, METRICS, SCORE, Reference, statistic_scores
-from dagm_defects.imaging import STATISTICS, decode_opened, image_statistics, open_image, resize_square
+from dagm_defects.imaging import STATISTICS, decode_opened, image_statistics, open_image
 from dagm_defects.model_config import ModelConfig
+from dagm_defects.placement import Canvas, place
 from dagm_deploy.drift import NoVerdict, model_metadata, training_statistics
 from dagm_deploy.s3_objects import split
 
@@ -168,7 +169,7 @@ def hour_prefixes(destination: str, endpoint: str, variant: str, start: datetime
 class Window:
     """What one variant's captures of the window hold."""
 
-    size: int
+    canvas: Canvas
     threshold: float
     reference: Reference
     records: int = 0
@@ -187,7 +188,7 @@ class Window:
             if not given:
                 raise Undecodable("the record holds no endpointInput")
             images = request_images(captured_body(given), given.get("observedContentType"))
-            batch = np.stack([resize_square(image, self.size) for image in images])
+            batch = np.stack([place(image, self.canvas) for image in images])
         except Exception as exc:  # any unreadable record is counted, never fatal
             self.unreadable(f"{type(exc).__name__}: {exc}")
             return
@@ -254,14 +255,14 @@ def judge(endpoint: str, variant: dict, capture_uri: str, minutes: int, threshol
     training = training_statistics(s3, variant["model_data"], metadata)
     try:
         reference = Reference.from_training(training)
-        size = ModelConfig.from_dict(metadata["model_config"]).image_size
+        canvas = ModelConfig.from_dict(metadata["model_config"]).canvas
         model_threshold = float(metadata["threshold"])
     except (ValueError, KeyError, TypeError) as exc:
         raise NoVerdict(f"the model in {variant['model_data']}: {type(exc).__name__}: {exc}") from None
     if reference is None:
         raise NoVerdict(f"the model in {variant['model_data']} carries no usable training statistics")
     start = end - timedelta(minutes=minutes)
-    window = Window(size, model_threshold, reference)
+    window = Window(canvas, model_threshold, reference)
     read_window(s3, capture_uri, endpoint, window, start, end, name)
     if not window.images:
         raise NoVerdict(f"variant {name}: no decodable captured request under {capture_uri} in the last {minutes} "

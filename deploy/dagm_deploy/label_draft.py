@@ -39,8 +39,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
 from dagm_defects.drift import Reference
-from dagm_defects.imaging import image_statistics, resize_square
+from dagm_defects.imaging import image_statistics
 from dagm_defects.model_config import ModelConfig
+from dagm_defects.placement import place
 from dagm_deploy.capture_monitor import Undecodable, Window, answers, captured_body, captured_records, request_images
 from dagm_deploy.drift import NoVerdict, model_metadata, training_statistics
 from dagm_deploy.endpoint import Endpoint
@@ -68,8 +69,8 @@ def candidates(s3, endpoint: str, variant: dict, capture_uri: str, start: dateti
     reference = Reference.from_training(training)
     if reference is None:
         raise NoVerdict(f"the model in {variant['model_data']} carries no usable training statistics")
-    size, threshold = ModelConfig.from_dict(metadata["model_config"]).image_size, float(metadata["threshold"])
-    window, found = Window(size, threshold, reference), []
+    canvas, threshold = ModelConfig.from_dict(metadata["model_config"]).canvas, float(metadata["threshold"])
+    window, found = Window(canvas, threshold, reference), []
     for record in captured_records(s3, capture_uri, endpoint, variant["variant"], start, end, window.unreadable_line):
         window.records += 1
         try:
@@ -78,7 +79,7 @@ def candidates(s3, endpoint: str, variant: dict, capture_uri: str, start: dateti
         except (Undecodable, ValueError, KeyError, TypeError, OSError) as exc:
             window.unreadable(f"{type(exc).__name__}: {exc}")
             continue
-        statistics = image_statistics(np.stack([resize_square(image, size) for image in images]))
+        statistics = image_statistics(np.stack([place(image, canvas) for image in images]))
         distances, nearest = reference.nearest(statistics)
         scored = answers(record["captureData"].get("endpointOutput"), len(images)) or [{}] * len(images)
         event = record.get("eventMetadata", {})

@@ -16,8 +16,9 @@ answered 503 with Retry-After, and draining in-flight requests on shutdown (serv
 
 Each request is decoded and checked here, in a small thread pool, before it can join a
 batch (codec.py): a bad request gets its own 4xx and never reaches a worker, so its
-neighbours cannot fail with it. The worker receives plain resized uint8 arrays
-(wire.py). A 5xx always means the server is at fault.
+neighbours cannot fail with it. The worker receives uint8 arrays already placed on the
+model's canvas (placement.py, as in training; wire.py). A 5xx always means the server
+is at fault.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from dagm_defects.imaging import resize_square
+from dagm_defects.placement import Canvas, map_extent, place
 from dagm_serve import wire
 from dagm_serve.batch_files import BatchFiles, Exchange
 from dagm_serve.batcher import Batcher, Closed, Outputs, QueueFull
@@ -205,7 +206,7 @@ class Front:
         options = parse_options(request.headers.get(ATTRIBUTES_HEADER))
         loop = asyncio.get_running_loop()
         images, resized = await loop.run_in_executor(
-            self._decoder, self._decode, body, request.headers.get("Content-Type"), model.image_size)
+            self._decoder, self._decode, body, request.headers.get("Content-Type"), model.canvas)
         check_answerable(accept, len(images))
         try:
             outputs = await self._batcher(name).submit(resized, self.settings.response_timeout_s)
@@ -229,9 +230,9 @@ class Front:
         return web.Response(body=answer, headers={
             "Content-Type": accept, FORWARD_HEADER: outputs.forward_id, BATCH_HEADER: str(outputs.batch_images)})
 
-    def _decode(self, body: bytes, content_type: str | None, size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    def _decode(self, body: bytes, content_type: str | None, canvas: Canvas) -> tuple[list[np.ndarray], np.ndarray]:
         images = decode_request(body, content_type, self.settings.limits())
-        return images, np.stack([resize_square(image, size) for image in images])
+        return images, np.stack([place(image, canvas) for image in images])
 
     def _batcher(self, name: str) -> Batcher:
         if name not in self._batchers:
@@ -286,6 +287,7 @@ def _batch_body(images: np.ndarray, files: Exchange | None) -> bytes:
 def _answer(images: list[np.ndarray], outputs: Outputs, model: LoadedModel, options: RequestOptions,
             accept: str) -> bytes:
     threshold = model.threshold if options.threshold is None else options.threshold
-    predictions = [Prediction.from_outputs(score, prob_map, image.shape, threshold)
+    predictions = [Prediction.from_outputs(score, prob_map, image.shape, threshold,
+                                           map_extent(image.shape, model.canvas, prob_map.shape))
                    for image, score, prob_map in zip(images, outputs.scores, outputs.maps)]
     return encode_response(predictions, accept, options.mask)

@@ -17,6 +17,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 from dagm_defects.model_files import WEIGHTS_FILE, ArtifactError, read_metadata
+from dagm_defects.placement import Canvas
 from dagm_defects.archive import resolve_model_dir
 from dagm_serve.environment import MODEL_NAME, ServingSettings
 from dagm_serve.model_server import ModelRefused, ModelServer, ModelServerError
@@ -32,7 +33,7 @@ class LoadedModel:
 
     url: str
     model_dir: Path
-    image_size: int
+    canvas: Canvas
     threshold: float
 
 
@@ -120,7 +121,7 @@ class ModelRegistry:
             metadata = read_metadata(model_dir)
         except ArtifactError as exc:
             raise RegistryError(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        return LoadedModel(url, model_dir, metadata.config.image_size, metadata.threshold)
+        return LoadedModel(url, model_dir, metadata.config.canvas, metadata.threshold)
 
     def register(self, name: str, model_dir: Path) -> None:
         """MMS's workers load `model_dir` as `name` (it is not served until `add`); an

@@ -15,7 +15,8 @@ from dagm_defects.model import inference_copy, predict
 
 class Predictor:
     def __init__(self, artifact: Artifact, device: Device):
-        self.image_size = artifact.image_size
+        self.image_size = artifact.image_size  # (height, width)
+        self.canvas = artifact.config.canvas  # where the front places an image on it
         self.threshold = artifact.threshold
         self.training_statistics = artifact.metadata.get("training_statistics") or {}
         self.device = device
@@ -39,17 +40,18 @@ class Predictor:
         that pays for kernel selection and allocator growth. The same pass refuses
         weights that answer NaN or infinity: such a model would pass /ping and then
         answer every request with nonsense."""
-        size = self.image_size
-        probs, maps = self.forward(np.full((batch_size, size, size), 128, np.uint8))
+        height, width = self.image_size
+        probs, maps = self.forward(np.full((batch_size, height, width), 128, np.uint8))
         if not (np.isfinite(probs).all() and np.isfinite(maps).all()):
-            raise ArtifactError(f"model produces non-finite scores (NaN or infinity) on a plain gray {size}x{size} "
+            raise ArtifactError(f"model produces non-finite scores (NaN or infinity) on a plain gray {width}x{height} "
                                 "image: its weights are broken")
 
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Defect probabilities (N) and probability maps (N x S/d x S/d) of N x S x S uint8
+        """Defect probabilities (N) and probability maps (N x H/d x W/d) of N x H x W uint8
         images, in one pass."""
-        if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
-            raise ValueError(f"expected N x {self.image_size} x {self.image_size} images, got shape {images.shape}")
+        if images.ndim != 3 or images.shape[1:] != self.image_size:
+            raise ValueError(f"expected N x {self.image_size[0]} x {self.image_size[1]} images, "
+                             f"got shape {images.shape}")
         if not images.flags.writeable:  # torch wants memory it may write; a view of bytes is not
             images = images.copy()
         batch = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)

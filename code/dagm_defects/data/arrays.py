@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dagm_defects.data.reader import DatasetError, Sample
-from dagm_defects.imaging import ImageDecodeError, decode_gray, resize_mask, resize_square
+from dagm_defects.imaging import ImageDecodeError, decode_gray, decode_mask
+from dagm_defects.placement import Canvas, place, place_mask
 from dagm_defects.progress import Progress
 
 
 @dataclass
 class ArraySet:
-    """Images (N x S x S uint8), masks (N x S x S, 0/1) and labels of a set of samples."""
+    """Images (N x H x W uint8), masks (N x H x W, 0/1) and labels of a set of samples."""
 
     samples: list[Sample]
     images: np.ndarray
@@ -60,7 +61,7 @@ class ArraySet:
         return named & (self.labels == 1) & ~self.has_mask
 
 
-def _decode_one(sample: Sample, size: int):
+def _decode_one(sample: Sample, canvas: Canvas):
     problems, notes = [], []
     try:
         image, note = decode_gray(sample.image_path, sample.key)
@@ -68,10 +69,10 @@ def _decode_one(sample: Sample, size: int):
             notes.append(f"{sample.key}: {note}")
     except ImageDecodeError as exc:
         return None, None, [str(exc)], notes
-    mask = np.zeros((size, size), dtype=np.uint8)
+    mask = np.zeros(canvas.shape, dtype=np.uint8)
     if sample.mask_path is not None:
         try:
-            full_mask, _ = decode_gray(sample.mask_path, f"{sample.key} mask {sample.mask_path.name}")
+            full_mask = decode_mask(sample.mask_path, f"{sample.key} mask {sample.mask_path.name}")
         except ImageDecodeError as exc:
             problems.append(str(exc))
         else:
@@ -82,28 +83,30 @@ def _decode_one(sample: Sample, size: int):
                     f"{image.shape[1]}x{image.shape[0]}"
                 )
             else:
-                mask = resize_mask(full_mask, size)
-    return resize_square(image, size), mask, problems, notes
+                mask = place_mask(full_mask, canvas)
+    return place(image, canvas), mask, problems, notes
 
 
 def _decode_chunk(args):
-    samples, size = args
-    return [_decode_one(s, size) for s in samples]
+    samples, canvas = args
+    return [_decode_one(s, canvas) for s in samples]
 
 
 def load_arrays(
     samples: list[Sample],
-    size: int,
+    canvas: Canvas | tuple[int, int],
     root: str = "dataset",
     label: str = "decode",
     workers: int | None = None,
     chunk: int = 64,
 ) -> ArraySet:
-    """Decode every sample (in `workers` processes) or raise DatasetError with all problems."""
+    """Decode every sample onto `canvas` (a (height, width) is a plain resize), in `workers`
+    processes, or raise DatasetError with all problems."""
+    canvas = canvas if isinstance(canvas, Canvas) else Canvas(*canvas)
     workers = workers or min(4, os.cpu_count() or 1)
     chunks = [samples[i : i + chunk] for i in range(0, len(samples), chunk)]
-    images = np.zeros((len(samples), size, size), dtype=np.uint8)
-    masks = np.zeros((len(samples), size, size), dtype=np.uint8)
+    images = np.zeros((len(samples), *canvas.shape), dtype=np.uint8)
+    masks = np.zeros((len(samples), *canvas.shape), dtype=np.uint8)
     problems: list[str] = []
     notes: list[str] = []
     progress = Progress(label, len(samples))
@@ -120,7 +123,7 @@ def load_arrays(
                 index += 1
             progress.advance(len(chunk_result))
 
-    work = ((c, size) for c in chunks)
+    work = ((c, canvas) for c in chunks)
     if workers == 1 or len(chunks) <= 1:
         collect(map(_decode_chunk, work))
     else:

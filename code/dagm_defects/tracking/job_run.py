@@ -150,10 +150,10 @@ class JobTracker:
     def _log_dir(self, directory: Path, artifact_path: str | None) -> None:
         self._client.log_artifacts(self._run_id, str(directory), artifact_path)
 
-    def log_model(self, model_dir: Path, image_size: int) -> None:
+    def log_model(self, model_dir: Path, image_size: tuple[int, int]) -> None:
         self._submit(self._log_model, model_dir, image_size)
 
-    def _log_model(self, model_dir: Path, image_size: int) -> None:
+    def _log_model(self, model_dir: Path, image_size: tuple[int, int]) -> None:
         from dagm_defects.tracking.mlflow_model import save_mlflow_model
 
         with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:

@@ -16,6 +16,7 @@ from dagm_defects.device import Device
 from dagm_defects.evaluation import metrics
 from dagm_defects.model import SegDecNet
 from dagm_defects.model_config import ModelConfig
+from dagm_defects.placement import Canvas
 from dagm_defects.training.loop import predict_arrays
 from dagm_defects.training.settings import TrainingSettings
 
@@ -41,10 +42,13 @@ def warm_start(model: SegDecNet, baseline: Artifact, config: ModelConfig) -> Non
     model.load_state_dict(baseline.model.state_dict())
 
 
-def evaluate_baseline(baseline: Artifact, test: ArraySet, batch_size: int, device: Device, workers: int) -> dict:
-    """The baseline's metrics on `test`, at its own input size and decision threshold."""
-    if baseline.image_size != test.images.shape[-1]:
-        test = load_arrays(test.samples, baseline.image_size, "test", "decode test for the baseline", workers)
+def evaluate_baseline(baseline: Artifact, test: ArraySet, batch_size: int, device: Device, workers: int,
+                      canvas: Canvas | None = None) -> dict:
+    """The baseline's metrics on `test`, on its own input canvas and at its own decision
+    threshold; `canvas` is the one `test` was decoded onto (by default a plain resize to
+    its arrays' size)."""
+    if baseline.config.canvas != (canvas or Canvas(*test.images.shape[1:])):
+        test = load_arrays(test.samples, baseline.config.canvas, "test", "decode test for the baseline", workers)
     scores, _ = predict_arrays(baseline.model.to(device.device), test, batch_size, device)
     summary = metrics.summarize(test.labels, scores, test.class_ids, baseline.threshold)
     summary["created_utc"] = baseline.metadata.get("created_utc")

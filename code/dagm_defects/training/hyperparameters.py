@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-from dagm_defects.model_config import ModelConfig, image_size_requirement
+from dagm_defects.model_config import NATIVE, ModelConfig, image_size_requirement
+from dagm_defects.placement import Canvas
 from dagm_defects.training.rules import RULES
 
 ALL_CLASSES = tuple(range(1, 11))
@@ -157,11 +158,27 @@ def _name(value: Any) -> str:
 _name.expected = "a non-empty name of at most 200 characters"
 
 
+def _image_size(value: Any) -> tuple[int, int] | str:
+    """(height, width) from "512" (a square) or "384x1024", or "native"."""
+    text = _text(value).strip().lower()
+    if text == NATIVE:
+        return NATIVE
+    height, sep, width = text.partition("x")
+    sides = (int(height), int(width if sep else height))
+    if not all(64 <= side <= 4096 for side in sides):
+        raise ValueError
+    return sides
+
+
+_image_size.expected = ('a whole number 64..4096 (a square, e.g. "512"), HEIGHTxWIDTH (e.g. "384x1024") '
+                        'or "native" (each image at its own scale, padded to the largest training image)')
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "epochs": _integer(1, 10_000),
     "batch_size": _integer(1, 4096),
     "learning_rate": _real(0.0, 10.0, low_open=True),
-    "image_size": _integer(64, 4096),
+    "image_size": _image_size,
     "classes": _classes,
     "seed": _integer(0),
     "width": _real(0.01, 4.0),
@@ -188,7 +205,9 @@ class Hyperparameters:
     # The recipe for genuine DAGM on a CPU (local_test/hyperparameters/real-cpu.json): the
     # full 512x512 image folded 2x2 into channels keeps 1-px scratches at the cost of a
     # 256x256 input; resizing to 256 instead averages them away.
-    image_size: int = 512
+    # (height, width), or "native": the canvas is read off the training images when the
+    # job starts (model_config.training_canvas).
+    image_size: tuple[int, int] | str = (512, 512)
     # None: every class the train channel holds.
     classes: tuple[int, ...] | None = None
     seed: int = 0
@@ -217,9 +236,16 @@ class Hyperparameters:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def model_config(self) -> ModelConfig:
-        """The architecture these hyperparameters build."""
-        return ModelConfig(width=self.width, depth=self.depth, image_size=self.image_size,
+    def model_config(self, canvas: Canvas | None = None) -> ModelConfig:
+        """The architecture these hyperparameters build, for the job's `canvas`
+        (model_config.training_canvas); without it, for the requested size."""
+        if canvas is None:
+            if self.image_size == NATIVE:
+                raise ValueError("image_size 'native' is sized from the training images: "
+                                 "pass model_config the job's training_canvas")
+            canvas = Canvas(*self.image_size)
+        return ModelConfig(width=self.width, depth=self.depth, image_size=canvas.shape,
+                           placement="pad" if canvas.pad else "resize", placement_scale=canvas.scale,
                            space_to_depth=self.space_to_depth, dilated_context=self.dilated_context)
 
 
@@ -250,9 +276,13 @@ def parse_hyperparameters(raw: dict[str, Any]) -> Hyperparameters:
                 f"hyperparameter '{key}' must be {parser.expected}, got {json.dumps(value)}"
             )
     size = values.get("image_size", Hyperparameters.image_size)
-    requirement = image_size_requirement(size, values.get("space_to_depth", Hyperparameters.space_to_depth))
-    if requirement:
-        problems.append(f"hyperparameter 'image_size' must be {requirement}, got {size}")
+    space_to_depth = values.get("space_to_depth", Hyperparameters.space_to_depth)
+    square = size != NATIVE and size[0] == size[1]
+    sides = () if size == NATIVE else (("", size[0]),) if square else ((" height", size[0]), (" width", size[1]))
+    for name, side in sides:
+        requirement = image_size_requirement(side, space_to_depth)
+        if requirement:
+            problems.append(f"hyperparameter 'image_size'{name} must be {requirement}, got {side}")
     if problems:
         raise HyperparameterError("; ".join(problems))
     return Hyperparameters(**values)

@@ -123,7 +123,7 @@ class JobObserver:
         chance = float(validation_labels.mean()) if len(validation_labels) else 0.0
         self.monitor.end_epoch(record["train_loss"], val_loss, _finite(record["val_ap"]), chance)
 
-    def finished(self, summary: dict, curves: dict, model_dir: str, image_size: int) -> dict | None:
+    def finished(self, summary: dict, curves: dict, model_dir: str, image_size: tuple[int, int]) -> dict | None:
         """The job ended well: final metrics, files and the MLflow model; returns the run's record."""
         if not self.leader:
             return None
