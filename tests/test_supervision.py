@@ -104,6 +104,10 @@ def test_good_images_only_train_on_synthetic_defects_and_report_false_rejects(ma
     choice = evaluation["threshold_choice"]
     assert choice["max_false_reject"] == 0.01 and choice["notes"]
     assert "training images" in choice["source"]
+    # The training report shows the mode and the trade-off a quality engineer may pick from.
+    page = (job.work / "output" / "data" / "report.html").read_text()
+    assert "Supervision good-only: " in page and "operating point" in page
+    assert page.count("budget ") >= len(choice["operating_points"])
 
 
 @pytest.mark.slow

@@ -194,9 +194,32 @@ def _evaluation(report: dict, figures: Path | None) -> str:
     blocks = [*summary["per_class"].items(), ("all", summary["overall"])]
     rows = [[_e(name), _e(b["n"]), _e(b["n_defective"]),
              *(_num(b.get(k)) for k in ("ap", "auroc", "accuracy", "precision", "recall"))] for name, b in blocks]
+    if summary.get("supervision"):
+        parts.append(f"<p>Supervision {_e(summary['supervision']['description'])}.</p>")
     parts.append(f"<p>Decision threshold {_num(summary['threshold'])}; {_e(summary.get('source', 'test set'))}.</p>")
     parts.append(_table(["class", "n", "defective", "AP", "AUROC", "accuracy", "precision", "recall"], rows))
+    if summary.get("threshold_choice"):
+        parts.append(_threshold(summary["threshold_choice"], summary.get("at_threshold")))
     return "".join(parts)
+
+
+def _outcome(point: dict) -> list[str]:
+    return [f"{_e(point['false_rejects'])} of {_e(point['good'])} ({_percent(point['false_reject_rate'])})",
+            f"{_e(point['escapes'])} of {_e(point['defective'])}", _percent(point["recall"])]
+
+
+def _threshold(choice: dict, test: dict | None) -> str:
+    """How the threshold was set, and the other points a quality engineer could pick."""
+    parts = [f"<h3>Threshold</h3><p>At most {_percent(choice['max_false_reject'])} of good images rejected, "
+             f"set on {_e(choice['source'])}.</p>"]
+    parts += [f"<p><b>Note:</b> {_e(note)}.</p>" for note in choice["notes"]]
+    rows = [["chosen, on the images that set it", _num(choice["threshold"], 4), *_outcome(choice["at_threshold"])]]
+    if test:
+        rows.append(["chosen, on the test images", _num(test["threshold"], 4), *_outcome(test)])
+    rows += [[f"budget {_percent(point['max_false_reject'])}", _num(point["threshold"], 4), *_outcome(point)]
+             for point in choice["operating_points"]]
+    return parts[0] + "".join(parts[1:]) + _table(["operating point", "threshold", "false rejects", "escapes",
+                                                   "recall"], rows)
 
 
 def _profile(profile: dict) -> str:

@@ -164,7 +164,9 @@ class JobObserver:
             "epochs": self.epochs,
             "rules": self.rules.to_list(),
             "profile": self.monitor.profile(),
-            "evaluation": summary and {k: summary[k] for k in ("threshold", "overall", "per_class", "source")},
+            "evaluation": summary and {k: summary[k] for k in ("threshold", "overall", "per_class", "source",
+                                                               "supervision", "threshold_choice", "at_threshold",
+                                                               "labels") if k in summary},
             "curves": curves,
         }
         paths = write_training_report(out, report)
