@@ -4,7 +4,8 @@ hourly MonitorSchedule fired through the local AWS's schedules, its Monitor buil
 (deploy/monitor-buildspec.yml: dagm-drift --capture) quiet on clean images and raising
 CapturedDriftAlarm on brighter ones, whose alarm starts the Retrain build as the live
 DriftAlarm does; then dagm-label-draft turns the captured images into a profile that
-`dagm-retrain validate` refuses until labelled and accepts once labelled, and
+`dagm-retrain validate` refuses until labelled and accepts once labelled (image-level
+labels, no masks), and
 `dagm-retrain run` retrains on it and registers the model for approval, as the template's
 Retrain build does (tests/test_retrain.py approves one and rolls one out)."""
 
@@ -161,10 +162,14 @@ def test_captured_images_drafted_for_labelling_validate_once_labelled_and_retrai
     labelled = io.StringIO()
     writer = csv.DictWriter(labelled, fieldnames=["image_key", "label", "class", "mask_key"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**row, "label": "good"} for row in rows)
+    # Filled in with labels alone: two defective images, neither with a mask (image-level).
+    writer.writerows({**row, "label": "defective" if n < 2 else "good"} for n, row in enumerate(rows))
     upload(local_aws, "profiles-labelled/batch-1.csv", labelled.getvalue().encode(), bucket=BUCKET)
     valid = run(local_aws, *RETRAIN, "validate", "--profile", f"s3://{BUCKET}/profiles-labelled/batch-1.csv")
     assert valid.returncode == 0, valid.stdout + valid.stderr
+    assert json.loads(valid.stdout)["labels"] == {"good": 4, "defective_with_mask": 0, "defective_image_level": 2,
+                                                  "empty_masks": 0,
+                                                  "budget": "image-level: no defective image has a mask"}
 
     sns, sqs = aws_client(local_aws, "sns"), aws_client(local_aws, "sqs")
     inbox = sqs.create_queue(QueueName="dagm-watch-inbox")["QueueUrl"]
@@ -179,6 +184,7 @@ def test_captured_images_drafted_for_labelling_validate_once_labelled_and_retrai
     outcome = json.loads(s3.get_object(Bucket=BUCKET, Key="processed/profiles-labelled/batch-1.csv.result.json")
                          ["Body"].read())
     assert outcome["outcome"] == "registered" and outcome["dataset"]["added"] == 6, outcome
+    assert "2 defective image-level only" in retrained.stdout, retrained.stdout
     assert outcome["gate"]["passed"] and outcome["gate"]["margin"] == 1.0, outcome["gate"]
     package = aws_client(local_aws, "sagemaker").describe_model_package(ModelPackageName=outcome["model_package"])
     assert (package["ModelPackageGroupName"], package["ModelApprovalStatus"]) == (group, "PendingManualApproval")

@@ -18,12 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from dagm_defects.data.labels import parse_labels
+from dagm_defects.data.profile import validate_profile
+from dagm_defects.data.reader import read_index
+from dagm_deploy import dataset_prep, s3_objects
 from dagm_synth import generate_dataset
 
-from conftest import REPO, TINY_HPS, aws_client, build_log, model_tarball, upload
+from conftest import REPO, TINY_HPS, aws_client, build_log, model_tarball, png, upload
 from test_deploy import DEPLOY, ROLE, Load, deploy_command, run, variants_of
 
 pytestmark = pytest.mark.slow
@@ -82,8 +87,11 @@ def world(local_aws, tiny_dataset, trained_job, tmp_path_factory) -> World:
     for class_id in (1, 2):
         train = new / f"Class{class_id}" / "Train"
         _upload_tree(local_aws, train, f"incoming/Class{class_id}/")
-        for label in parse_labels((train / "Label" / "Labels.txt").read_text())[0]:
-            mask = f"incoming/Class{class_id}/Label/{label.mask}" if label.mask else ""
+        labels = parse_labels((train / "Label" / "Labels.txt").read_text())[0]
+        # The first defect of each class is labelled at image level: its mask is left out.
+        image_level = next(label for label in labels if label.defective)
+        for label in labels:
+            mask = f"incoming/Class{class_id}/Label/{label.mask}" if label.mask and label is not image_level else ""
             rows.append(f"incoming/Class{class_id}/{label.image},{'defective' if label.defective else 'good'},"
                         f"{mask},{class_id}")
     v1 = upload(local_aws, "serving/v1/model.tar.gz", model_tarball(trained_job.model_dir), bucket=BUCKET)
@@ -103,19 +111,59 @@ def _training_jobs(url: str) -> int:
     return len(aws_client(url, "sagemaker").list_training_jobs()["TrainingJobSummaries"])
 
 
+def test_a_profile_of_every_label_budget_prepares_into_labels_the_trainer_reads(local_aws, tmp_path):
+    """Validated, then prepared on the local S3 (no training): a good row, a defect with a
+    mask, one labelled at image level and one with an all-zero mask, read back from the
+    prepared prefix by the training job's own reader."""
+    generate_dataset(tmp_path / "base", classes=[1], images_per_split=4, size=64, seed=5, workers=1)
+    _upload_tree(local_aws, tmp_path / "base", "budget/dagm/")
+    drawn, blank = np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8)
+    drawn[20:30, 20:30] = 255
+    objects = {f"budget/new/{n}.PNG": png(np.full((64, 64), 90 + n, np.uint8)) for n in range(4)}
+    objects.update({"budget/new/1_label.PNG": png(drawn), "budget/new/3_label.PNG": png(blank)})
+    for key, data in objects.items():
+        upload(local_aws, key, data, bucket=BUCKET)
+    profile = ("image_key,label,mask_key,class\nbudget/new/0.PNG,good,,1\n"
+               "budget/new/1.PNG,defective,budget/new/1_label.PNG,1\nbudget/new/2.PNG,defective,,1\n"
+               "budget/new/3.PNG,defective,budget/new/3_label.PNG,1\n")
+    uri = upload(local_aws, "budget/profile.csv", profile.encode(), bucket=BUCKET)
+    validated = run(local_aws, *RETRAIN, "validate", "--profile", uri)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    assert json.loads(validated.stdout)["labels"] == {
+        "good": 1, "defective_with_mask": 1, "defective_image_level": 2, "empty_masks": 1,
+        "budget": "mixed: some defective images have masks, the others image-level labels"}
+
+    s3 = aws_client(local_aws, "s3")
+    report = validate_profile("profile.csv", profile, s3_objects.reader(s3, BUCKET))
+    prepared = dataset_prep.prepare(s3, f"s3://{BUCKET}/budget/dagm/", report.rows, BUCKET, "batch",
+                                    f"s3://{BUCKET}/budget/prepared/")
+    assert prepared.added == 4 and prepared.classes == [1]
+    local = tmp_path / "prepared"
+    for key in s3_objects.keys_under(s3, BUCKET, "budget/prepared/"):
+        path = local / key.removeprefix("budget/prepared/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    samples = [s for s in read_index(local, splits=("Train",)) if s.image_path.name.startswith("batch_")]
+    assert [(s.defective, s.mask_path is not None) for s in samples] == [
+        (False, False), (True, True), (True, False), (True, True)]
+    # The all-zero mask travels as it is: training counts it as an image-level label too.
+    assert not np.asarray(Image.open(samples[3].mask_path)).any()
+
+
 def test_a_broken_profile_is_rejected_with_every_problem_and_nothing_lost(world):
     before = _training_jobs(world.url)
     broken = "\n".join(["image_key,label,mask_key,class", world.new_rows[0],
                         "incoming/Class1/0001.PNG,maybe,,1",                  # row 3: bad label
                         "incoming/Class1/nope.PNG,good,,1",                   # row 4: missing object
-                        world.new_rows[0].split(",")[0] + ",defective,,1",    # row 5: no mask, and a duplicate
+                        world.new_rows[0].split(",")[0] + ",defective,,1",    # row 5: a duplicate
                         "incoming/Class1/0002.PNG,good,,12"]) + "\n"          # row 6: no such class
     result = world.retrain("profiles/broken.csv", broken)
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads(world.read("rejected/profiles/broken.csv.report.json"))
     problems = report["validation"]["problems"]
     for expected in ("row 3: label 'maybe'", "row 4: image incoming/Class1/nope.PNG does not exist",
-                     "row 5: a defective image without a mask key", "row 6: class '12'"):
+                     f"row 5: image {world.new_rows[0].split(',')[0]} is already listed in row 2",
+                     "row 6: class '12'"):
         assert any(p.startswith(expected) for p in problems), problems
     assert world.read("rejected/profiles/broken.csv").decode() == broken  # moved whole
     assert "profiles/broken.csv" not in world.keys("profiles/")
@@ -173,14 +221,22 @@ def test_a_valid_profile_becomes_a_rolled_out_model_trained_on_old_and_new_data(
     # The canary went through the given steps, each baked for the given time (FAST).
     assert re.findall(r"at (\d+)%: baking (\d+) s", result.stdout) == [("50", "1"), ("100", "1")], result.stdout
 
-    # The prepared channel: every old object plus the profile's rows in both Labels.txt.
+    # The prepared channel: every old object plus the profile's rows in both Labels.txt,
+    # one image-level label among them per class, which the job trained and was scored with.
     dataset = outcome["dataset"]["uri"].removeprefix(f"s3://{BUCKET}/")
     assert outcome["dataset"]["added"] == len(world.new_rows) == 12
+    assert outcome["validation"]["labels"]["defective_image_level"] == 2
     for class_id in (1, 2):
         labels, problems = parse_labels(world.read(f"{dataset}Class{class_id}/Train/Label/Labels.txt").decode())
         assert not problems and len(labels) == 16 + 6
+        assert len([label for label in labels if label.defective and label.mask is None]) == 1
         for label in labels:
             assert f"{dataset}Class{class_id}/Train/{label.image}" in world.keys(dataset)
+    # The held-out Test splits have every defect's mask: pixel metrics cover all of them.
+    tested = outcome["gate"]["test_labels"]
+    assert tested["defective_image_level"] == 0 and tested["defective_with_mask"] > 0, tested
+    assert outcome["gate"]["pixel"]["images"] == tested["images"], outcome["gate"]
+    assert f"test labels: {tested['images']} images" in result.stdout
     assert len([k for k in world.keys(dataset) if "/Test/" in k]) == len([k for k in world.keys("dagm/") if "/Test/" in k])
     assert json.loads(world.read("datasets/current.json"))["data"] == outcome["dataset"]["uri"]
     assert world.keys("incoming/") == world.incoming

@@ -4,7 +4,8 @@ holds the existing training data and the profile's rows.
 Objects are copied inside S3 (nothing passes through this machine) and nothing at the
 source is changed. New rows go to `ClassN/Train/` under a name tagged with the profile
 (`TAG_0001.PNG`, masks in `Train/Label/`), so they never overwrite an existing image,
-and that split's `Labels.txt` is rewritten with the old rows and the new ones. The
+and that split's `Labels.txt` is rewritten with the old rows and the new ones (a
+defective row without a mask as an image-level label, mask columns `0`). The
 `Test` splits stay as they are: the held-out data both the candidate and the serving
 model are scored on.
 """

@@ -9,16 +9,17 @@ and the --uncertain ones whose score lies nearest the model's threshold, each im
 and writes under --out (s3:// or a local directory):
   ClassN/Train/NNNN.PNG   each image as the endpoint decoded it (8-bit gray), in the folder
                           of the trained class it lies nearest to (a guess to check);
-  ClassN/Train/Label/     where a labeller puts the masks of the defective ones
+  ClassN/Train/Label/     where a labeller may put masks of the defective ones
                           (NNNN_label.PNG, as in DAGM);
   profile-draft.csv       the dataset profile to fill in: image_key, label (empty),
                           class (the guess), mask_key (empty); keys as `dagm-retrain
                           validate` resolves them (in the bucket, or under --out);
   selection.json          why each image was picked: drift distance, score, threshold,
                           inference time and ids.
-The draft is refused by `dagm-retrain validate` until every label is filled in (and each
-defective row has its mask); then dropping it under the pipeline's profiles prefix
-retrains on it as on any profile. Exit 0 with a one-line summary on stdout; 2 when there
+The draft is refused by `dagm-retrain validate` until every label is filled in. A mask is
+optional: a defective row whose mask_key stays empty is an image-level label, so a draft
+filled in with labels alone is valid. Dropping it under the pipeline's profiles prefix
+then retrains on it as on any profile. Exit 0 with a one-line summary on stdout; 2 when there
 is nothing to pick from (no captured image in the window) or AWS fails.
 """
 

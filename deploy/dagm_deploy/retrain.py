@@ -6,11 +6,14 @@
     dagm-retrain run --waiting s3://BUCKET/profiles/ [...]
 
 `validate` checks a profile (format: code/dagm_defects/data/profile.py; examples in
-deploy/examples/) row by row: columns, labels, classes, masks of defective rows,
-duplicates, and that every listed image and mask exists and decodes. Keys resolve in
-the profile's S3 bucket, or under --root (default: the profile's directory) for a local
-file. It prints a JSON report with every problem and its row number; exit 0 when the
-profile is valid, 1 when not, 2 when the profile itself cannot be read.
+deploy/examples/) row by row: columns, labels, classes, duplicates, and that every
+listed image and mask exists and decodes, each mask at its image's size. A defective row
+without a mask (or with an all-zero one) is an image-level label, and a profile without
+defective rows a good-only one: both are valid. Keys resolve in the profile's S3 bucket,
+or under --root (default: the profile's directory) for a local file. It prints a JSON
+report with every problem and its row number, and the label budget it found (`labels`:
+good, defective with mask, defective image-level only); exit 0 when the profile is
+valid, 1 when not, 2 when the profile itself cannot be read.
 
 `run` is the whole flow, as the S3 upload event starts it (pipeline.yml's
 RetrainOnProfile rule) or `--waiting` picks the oldest waiting profile (the drift alarm):
@@ -126,7 +129,9 @@ class Flow:
             self.finish("rejected", f"DAGM retraining: profile {self.key} rejected, "
                                     f"{len(report.problems)} problem(s)", "rejected")
             return 1
-        self.say(f"valid: {len(report.rows)} rows")
+        labels = report.labels()
+        self.say(f"valid: {len(report.rows)} rows ({labels['good']} good, {labels['defective_with_mask']} defective "
+                 f"with a mask, {labels['defective_image_level']} defective image-level only; {labels['budget']})")
         serving = self.serving()
         image = self.serve_image(serving)  # before training: without one the model could not be served
         tag = time.strftime("%Y%m%d-%H%M%S")
@@ -152,7 +157,8 @@ class Flow:
         self.result["model_data"] = model_data
         verdict = quality_gate.judge(evaluation, self.args.margin, self.args.min_ap)
         self.result.update(gate={"passed": verdict.passed, "reasons": verdict.reasons, "margin": self.args.margin,
-                                 "mlflow_runs": verdict.runs}, comparison=verdict.comparison)
+                                 "mlflow_runs": verdict.runs, "test_labels": evaluation.get("labels"),
+                                 "pixel": evaluation.get("pixel")}, comparison=verdict.comparison)
         print(verdict.table(), flush=True)
         if self.args.model_package_group:
             evidence = registry.Evidence(job, model_data, evaluation,

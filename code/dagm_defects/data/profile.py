@@ -7,6 +7,7 @@ CSV, with a header; required columns `image_key,label,class`, optional `mask_key
     image_key,label,mask_key,class
     new/Class3/0001.PNG,good,,3
     new/Class3/0002.PNG,defective,new/Class3/0002_label.PNG,3
+    new/Class3/0003.PNG,defective,,3
 
 TXT, DAGM `Labels.txt` rows after two header comments giving the base prefix and class:
 
@@ -15,15 +16,19 @@ TXT, DAGM `Labels.txt` rows after two header comments giving the base prefix and
     1
     0001	0	0001.PNG	0	0
     0002	1	0002.PNG	0	0002_label.PNG
+    0003	1	0003.PNG	0	0
 
 Images resolve under `base`, masks under `base` + `Label/` as in a DAGM split, so a
 split's own Labels.txt with the two header lines is a profile; `# masks: PREFIX`
 points the masks elsewhere.
 
 Keys are relative to the profile's bucket (or directory); `s3://` URIs are taken as
-they are. Labels: `good`/`defective` (also `0`/`1`). `validate_profile` reports every
-problem with its row number (the header is row 1 in a CSV; in a TXT, rows count from
-the first line of the file) and never stops at the first.
+they are. Labels: `good`/`defective` (also `0`/`1`). A defective row without a mask (an
+empty `mask_key`, or a TXT row ending `0<TAB>0`) is an image-level label: an inspector
+said "defective" and drew nothing. A mask that is all zero says no more than that and
+counts as one too. A profile without any defective row is a good-only profile.
+`validate_profile` reports every problem with its row number (the header is row 1 in a
+CSV; in a TXT, rows count from the first line of the file) and never stops at the first.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dagm_defects.imaging import ImageDecodeError, decode_gray
+from dagm_defects.imaging import ImageDecodeError, decode_gray, decode_mask
 
 REQUIRED = ("image_key", "label", "class")
 COLUMNS = REQUIRED + ("mask_key",)
@@ -53,14 +58,32 @@ class ProfileRow:
 class ProfileReport:
     rows: list[ProfileRow] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Row numbers of defective rows whose mask decoded all zero (known once validated).
+    empty_masks: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems and bool(self.rows)
 
+    def labels(self) -> dict:
+        """The label budget: how many rows of each kind of label, and its name."""
+        defective = [r for r in self.rows if r.label]
+        masked = sum(1 for r in defective if r.mask_key and r.row not in self.empty_masks)
+        image_level = len(defective) - masked
+        if not defective:
+            budget = "good-only: no defective image"
+        elif not masked:
+            budget = "image-level: no defective image has a mask"
+        elif image_level:
+            budget = "mixed: some defective images have masks, the others image-level labels"
+        else:
+            budget = "masks: every defective image has a mask"
+        return {"good": len(self.rows) - len(defective), "defective_with_mask": masked,
+                "defective_image_level": image_level, "empty_masks": len(self.empty_masks), "budget": budget}
+
     def to_dict(self) -> dict:
         return {"valid": self.ok, "rows": len(self.rows), "defective": sum(r.label for r in self.rows),
-                "problems": self.problems}
+                "labels": self.labels(), "problems": self.problems}
 
 
 def _row(report: ProfileReport, number: int, image: str, label: str, dagm_class: str, mask: str) -> None:
@@ -72,8 +95,6 @@ def _row(report: ProfileReport, number: int, image: str, label: str, dagm_class:
         problems.append(f"label {label!r} is not good/defective (or 0/1)")
     if not (dagm_class.isdigit() and 1 <= int(dagm_class) <= 10):
         problems.append(f"class {dagm_class!r} is not a DAGM class 1-10")
-    if LABELS.get(label) == 1 and not mask:
-        problems.append("a defective image without a mask key")
     if LABELS.get(label) == 0 and mask:
         problems.append(f"a good image with a mask key ({mask})")
     if problems:
@@ -149,19 +170,21 @@ def parse_profile(name: str, text: str) -> ProfileReport:
 
 
 def _fetch(read: Callable[[str], bytes | None], kind: str, key: str):
-    """The decoded object, or why not (a message without the row number)."""
+    """The decoded object (a mask as training reads it: 0/1), or why not (a message
+    without the row number)."""
     data = read(key)
     if data is None:
         return None, f"{kind} {key} does not exist"
     try:
-        return decode_gray(data, name=key)[0], None
+        return (decode_mask(data, key) if kind == "mask" else decode_gray(data, name=key)[0]), None
     except ImageDecodeError as exc:
         return None, str(exc)
 
 
 def validate_profile(name: str, text: str, read: Callable[[str], bytes | None]) -> ProfileReport:
     """Parse, then check every listed object: it exists (`read` returns None when not),
-    decodes as an image, and a mask has its image's size."""
+    decodes as an image, and a mask has its image's size. An all-zero mask is no
+    problem: it is noted in `empty_masks`, an image-level label."""
     report = parse_profile(name, text)
     for row in report.rows:
         image, problem = _fetch(read, "image", row.image_key)
@@ -170,6 +193,8 @@ def validate_profile(name: str, text: str, read: Callable[[str], bytes | None]) 
             if problem is None and mask.shape != image.shape:
                 problem = (f"mask {row.mask_key} is {mask.shape[1]}x{mask.shape[0]}, "
                            f"its image {image.shape[1]}x{image.shape[0]}")
+            elif problem is None and not mask.any():
+                report.empty_masks.append(row.row)
         if problem:
             report.problems.append(f"row {row.row}: {problem}")
     return report
