@@ -160,7 +160,7 @@ def test_bench_real_record_option_writes_the_wrapped_json(make_dataset, tmp_path
     with no seeds and no synthetic model, which still prints its JSON."""
     data = make_dataset("data", classes=(8,), images_per_split=4, size=64)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"image_size": 64}))
+    config.write_text(json.dumps({"image_size": 64, "space_to_depth": 1}))
     record_path = tmp_path / "records" / "real-dagm.json"
     argv = ["bench/real_dagm.py", "--data", str(data), "--config", str(config), "--seeds", "", "--no-synthetic",
             "--out", str(tmp_path / "out"), "--record", str(record_path)]
