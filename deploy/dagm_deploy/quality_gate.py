@@ -1,18 +1,31 @@
 """The retraining quality gate: the candidate against the serving model, class by class,
-on the same held-out images (both scored inside the candidate's training job).
+on the same held-out images (both scored inside the candidate's training job), and the
+candidate alone at the threshold it will be served with.
 
 A class passes when the candidate's AP is at least the serving model's minus the margin;
 a class without defective test images has no AP and is listed but not judged. Without a
-serving model (a first deployment) the candidate needs an overall AP of --min-ap. A test
-set without any defective image measures nothing, so the gate refuses it rather than pass
-a model nobody has seen find a defect. The gate judges image-level AP alone, which every
-label budget supports; the table also shows how the test images were labelled and the
-pixel metrics where masks exist (evaluation.json's `labels` and `pixel`).
+serving model (a first deployment) the candidate needs an overall AP of --min-ap. Where
+evaluation.json has `at_threshold` (the test images at the served threshold), the share
+of good test images the candidate rejects must be at most --max-false-reject too: a model
+that scrapes good parts costs the plant whatever its AP.
+
+A test set without any defective image (a good-only line) has no AP: the gate says so and
+judges the false-reject rate alone, which is what such a plant can measure. An older
+evaluation.json without `at_threshold` leaves nothing to judge there, and the gate
+refuses it rather than pass a model nobody measured. The table also shows how the test
+images were labelled, the pixel metrics where masks exist (evaluation.json's `labels`
+and `pixel`), and the false rejects and escapes at the served threshold.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# The share of good test images the served threshold may reject: training aims at 1 % on
+# its held-out images (max_false_reject), and a test set of a few hundred good images
+# scatters around that.
+MAX_FALSE_REJECT = 0.02
+NO_AP = "AP cannot be measured without defective test images: judged on the false-reject rate alone"
 
 
 @dataclass
@@ -25,6 +38,8 @@ class Verdict:
     runs: dict = field(default_factory=dict)
     # How the candidate's test images were labelled, and its pixel metrics: for the reader.
     labels: list[str] = field(default_factory=list)
+    # The candidate at its served threshold, and what the gate could not measure.
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         def fmt(value) -> str:
@@ -36,7 +51,11 @@ class Verdict:
                          f"serving {self.runs.get('serving') or 'unknown'}")
         lines.append("class  candidate  serving   delta")
         lines += [f"{r['class']:>7} {fmt(r['candidate'])}    {fmt(r['serving'])}  {fmt(r['delta'])}" for r in self.comparison]
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.3g} %"
 
 
 def _row(name: str, candidate: dict | None, serving: dict | None) -> dict:
@@ -65,32 +84,73 @@ def _labels(evaluation: dict) -> list[str]:
     return lines
 
 
-def judge(evaluation: dict, margin: float, min_ap: float) -> Verdict:
+def _operating_point(at: dict, max_false_reject: float) -> str:
+    if at["good"]:
+        rejected = (f"false rejects {at['false_rejects']} of {at['good']} good test images "
+                    f"({_percent(at['false_reject_rate'])}, at most {_percent(max_false_reject)} allowed)")
+    else:
+        rejected = "false rejects not measured: no good test image"
+    if at["defective"]:
+        found = (f"recall {_percent(at['recall'])} (escapes {at['escapes']} of {at['defective']} "
+                 "defective test images)")
+    else:
+        found = "recall not measured: no defective test image"
+    return f"at the served threshold {at['threshold']:.4f}: {rejected}; {found}"
+
+
+def false_rejects(evaluation: dict, max_false_reject: float) -> tuple[list[str], list[str]]:
+    """(reasons, lines): why the candidate fails on the good test images it rejects at its
+    served threshold (evaluation.json's `at_threshold`), and the lines that show it. A test
+    set without a defective image has nothing else to judge, so there a missing or empty
+    measurement is a reason too."""
+    at, overall = evaluation.get("at_threshold"), evaluation["overall"]
+    good_only = not overall["n_defective"]
+    lines = [NO_AP] if good_only else []
+    if at is None:
+        if good_only:
+            return [f"the test set has no defective image ({overall['n']} good ones), so AP cannot be measured, and "
+                    "evaluation.json has no at_threshold (written before training measured false rejects): "
+                    "nothing shows how the candidate treats good parts"], lines
+        return [], ["false rejects not judged: evaluation.json has no at_threshold "
+                    "(written before training measured them)"]
+    lines.insert(0, _operating_point(at, max_false_reject))
+    rate = at["false_reject_rate"]
+    if rate is None:
+        return (["the test set has no image: nothing to judge"] if good_only else []), lines
+    if rate > max_false_reject:
+        return [f"the false-reject rate {_percent(rate)} ({at['false_rejects']} of {at['good']} good test images "
+                f"rejected at the served threshold {at['threshold']:.4f}) is above --max-false-reject "
+                f"{max_false_reject:g} ({_percent(max_false_reject)})"], lines
+    return [], lines
+
+
+def judge(evaluation: dict, margin: float, min_ap: float, max_false_reject: float) -> Verdict:
     """`evaluation`: the candidate job's evaluation.json, with `baseline` when it had one,
     and `mlflow` (the job's run record) when it was tracked."""
     baseline = evaluation.get("baseline")
     runs = {"candidate": _run_id(evaluation.get("mlflow")), "serving": _run_id((baseline or {}).get("mlflow"))}
     labels = _labels(evaluation)
+    rejects, notes = false_rejects(evaluation, max_false_reject)
     overall = evaluation["overall"]
     if not overall["n_defective"]:
         rows = [_row("overall", overall, (baseline or {}).get("overall"))]
-        return Verdict(False, [f"the test set has no defective image ({overall['n']} good ones): no AP shows "
-                               "that the candidate finds defects"], rows, runs, labels)
+        return Verdict(not rejects, rejects, rows, runs, labels, notes)
     if baseline is None:
         ap = overall["ap"]
-        row = _row("overall", overall, None)
-        if ap is None or ap < min_ap:
-            return Verdict(False, [f"no serving model to compare with, and the overall test AP {ap} is below {min_ap}"],
-                           [row], runs, labels)
-        return Verdict(True, [], [row], runs, labels)
-    classes = sorted(set(evaluation["per_class"]) | set(baseline["per_class"]), key=lambda c: (len(c), c))
-    rows = [_row(c, evaluation["per_class"].get(c), baseline["per_class"].get(c)) for c in classes]
-    rows.append(_row("overall", evaluation["overall"], baseline["overall"]))
-    reasons = []
-    for row in rows:
-        if row["serving"] is not None and row["candidate"] is None:
-            reasons.append(f"class {row['class']}: the candidate has no AP where the serving model has {row['serving']:.3f}")
-        elif row["delta"] is not None and row["delta"] < -margin:
-            reasons.append(f"class {row['class']}: AP {row['candidate']:.3f} is {-row['delta']:.3f} below the serving "
-                           f"model's {row['serving']:.3f} (margin {margin})")
-    return Verdict(not reasons, reasons, rows, runs, labels)
+        rows = [_row("overall", overall, None)]
+        reasons = ([f"no serving model to compare with, and the overall test AP {ap} is below {min_ap}"]
+                   if ap is None or ap < min_ap else [])
+    else:
+        classes = sorted(set(evaluation["per_class"]) | set(baseline["per_class"]), key=lambda c: (len(c), c))
+        rows = [_row(c, evaluation["per_class"].get(c), baseline["per_class"].get(c)) for c in classes]
+        rows.append(_row("overall", evaluation["overall"], baseline["overall"]))
+        reasons = []
+        for row in rows:
+            if row["serving"] is not None and row["candidate"] is None:
+                reasons.append(f"class {row['class']}: the candidate has no AP where the serving model has "
+                               f"{row['serving']:.3f}")
+            elif row["delta"] is not None and row["delta"] < -margin:
+                reasons.append(f"class {row['class']}: AP {row['candidate']:.3f} is {-row['delta']:.3f} below the "
+                               f"serving model's {row['serving']:.3f} (margin {margin})")
+    reasons += rejects
+    return Verdict(not reasons, reasons, rows, runs, labels, notes)

@@ -2,12 +2,16 @@
 a wait, a quality gate, and the model registered for review.
 
     dagm-train-stage --images images.json --data s3://BUCKET/dagm/ \
-        --output s3://BUCKET/models --role ARN [--job-name NAME] [--min-ap 0.9]
+        --output s3://BUCKET/models --role ARN [--job-name NAME] [--min-ap 0.9] [--max-false-reject 0.02]
         [--instance-type ml.g5.xlarge] [--hyperparameters '{"epochs": "20"}'] [--result train.json]
         [--model-package-group NAME [--inference-instance-types ml.m5.large,...] [--commit SHA]]
 
 boto3 alone (AWS_ENDPOINT_URL works, as for dagm-deploy). The job's `evaluation.json`
-(inside output.tar.gz) must show an overall test AP of at least --min-ap. With
+(inside output.tar.gz) must show an overall test AP of at least --min-ap and, where it
+measured them (`at_threshold`), false rejects on at most --max-false-reject of the good test
+images at the served threshold. A test set without a defective image has no AP: it is judged
+on the false-reject rate alone (quality_gate.false_rejects), and refused when that was not
+measured. With
 --model-package-group the model is registered there either way (registry.py), with the
 build's serving image by digest: PendingManualApproval when it passed, Rejected with the
 gate's reason when not; deploying it waits for a reviewer's approval. Exit 0 and --result
@@ -26,7 +30,7 @@ import time
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dagm_deploy import registry, training_job
+from dagm_deploy import quality_gate, registry, training_job
 from dagm_deploy.s3_objects import split
 
 
@@ -65,10 +69,11 @@ def run(args: argparse.Namespace) -> dict:
     except training_job.JobFailed as failed:
         raise StageFailed(str(failed)) from None
     test_ap = evaluation["overall"]["ap"]
-    if test_ap is None:  # a good-only test set: nothing shows the model finds a defect
-        reasons = [f"the test set has no defective image ({evaluation['overall']['n']} good ones): no test AP"]
-    else:
-        reasons = [f"test AP {test_ap:.4f} is below --min-ap {args.min_ap}"] if test_ap < args.min_ap else []
+    reasons, notes = quality_gate.false_rejects(evaluation, args.max_false_reject)
+    if test_ap is not None and test_ap < args.min_ap:
+        reasons.insert(0, f"test AP {test_ap:.4f} is below --min-ap {args.min_ap}")
+    for line in notes:
+        print(line, flush=True)
     result = {"job": name, "model_data": model_data, "test_ap": test_ap}
     if args.model_package_group:
         evidence = registry.Evidence(name, model_data, evaluation,
@@ -80,7 +85,8 @@ def run(args: argparse.Namespace) -> dict:
               f"{registry.REJECTED if reasons else registry.PENDING}", flush=True)
     if reasons:
         raise StageFailed(f"quality gate: {reasons[0]}")
-    print(f"quality gate passed: test AP {test_ap:.4f} >= {args.min_ap}", flush=True)
+    print("quality gate passed: " + ("no test AP without defective test images" if test_ap is None
+                                     else f"test AP {test_ap:.4f} >= {args.min_ap}"), flush=True)
     return result
 
 
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instance-type", default="ml.g5.xlarge")
     parser.add_argument("--hyperparameters", default="{}")
     parser.add_argument("--min-ap", type=float, default=0.9)
+    parser.add_argument("--max-false-reject", type=float, default=quality_gate.MAX_FALSE_REJECT,
+                        help="the largest share of good test images the served threshold may reject")
     parser.add_argument("--max-runtime", type=int, default=86400)
     parser.add_argument("--poll-seconds", type=float, default=30)
     parser.add_argument("--result", default="train.json", help="where to write the job and model data URI")
