@@ -95,7 +95,9 @@ def register(sagemaker, group: str, image: str, evidence: Evidence, instance_typ
     if gate_reasons:
         status, description = REJECTED, "Quality gate failed: " + "; ".join(gate_reasons)
     else:
-        status, description = PENDING, f"Quality gate passed: test AP {ap:.4f}; trained by {evidence.job}"
+        # A good-only test set has no AP: the gate judged its false rejects alone.
+        measured = "no test AP (no defective test image)" if ap is None else f"test AP {ap:.4f}"
+        status, description = PENDING, f"Quality gate passed: {measured}; trained by {evidence.job}"
     request = {
         "ModelPackageGroupName": group,
         "ModelPackageDescription": description[:DESCRIPTION_LIMIT],

@@ -155,8 +155,10 @@ class Flow:
             self.notify(f"DAGM retraining: {failed}"[:100])
             return 1
         self.result["model_data"] = model_data
-        verdict = quality_gate.judge(evaluation, self.args.margin, self.args.min_ap)
+        verdict = quality_gate.judge(evaluation, self.args.margin, self.args.min_ap, self.args.max_false_reject)
         self.result.update(gate={"passed": verdict.passed, "reasons": verdict.reasons, "margin": self.args.margin,
+                                 "max_false_reject": self.args.max_false_reject, "notes": verdict.notes,
+                                 "at_threshold": evaluation.get("at_threshold"),
                                  "mlflow_runs": verdict.runs, "test_labels": evaluation.get("labels"),
                                  "pixel": evaluation.get("pixel")}, comparison=verdict.comparison)
         print(verdict.table(), flush=True)
@@ -267,6 +269,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                      help="the source commit, recorded with the registered model (default: CodeBuild's)")
     run.add_argument("--margin", type=float, default=0.02, help="AP a class may lose against the serving model (negative: AP it must gain)")
     run.add_argument("--min-ap", type=float, default=0.9, help="overall test AP without a serving model")
+    run.add_argument("--max-false-reject", type=float, default=quality_gate.MAX_FALSE_REJECT,
+                     help="the largest share of good test images the candidate may reject at its served threshold")
     run.add_argument("--warm-start", action="store_true", help="start from the serving model's weights")
     run.add_argument("--hyperparameters", default="{}", type=_hyperparameters)
     run.add_argument("--instance-type", default="ml.g5.xlarge")
