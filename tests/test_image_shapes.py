@@ -67,8 +67,6 @@ def test_a_height_x_width_job_trains_on_line_scan_strips_and_serves_masks_at_the
     assert served_mask(start_server(job.model_dir), request_image(70, 310)).size == (310, 70)
 
 
-@pytest.mark.xfail(strict=True, reason="prepare_data must decode every set onto model_config.training_canvas "
-                                       "and run.py build hp.model_config(splits.canvas) (the lead's files)")
 def test_a_native_job_sizes_its_canvas_from_mixed_images_and_serves_masks_at_the_request_size(
         tmp_path, start_server):
     data = reshaped_dataset(tmp_path / "mixed", mixed)

@@ -173,11 +173,17 @@ def test_dynamic_balancing_moves_weight_from_segmentation_to_classification():
     assert weak.loss_weights(0.0) == weak.loss_weights(1.0) == (1.0, 1.0)
 
 
-def test_an_image_without_a_mask_gives_no_segmentation_gradient():
-    seg = torch.zeros(2, 1, 4, 4, requires_grad=True)
+def test_an_image_level_defect_trains_only_its_most_defect_like_cell():
+    """A masked image's every cell gets a segmentation gradient; an image-level one only the
+    cell it scores highest (multiple-instance learning); the decision loss reaches both."""
+    seg = torch.zeros(2, 1, 4, 4)
+    seg[1, 0, 2, 3] = 0.5
+    seg.requires_grad_(True)
     dec = torch.zeros(2, requires_grad=True)
     masks = torch.ones(2, 1, 32, 32, dtype=torch.uint8)
     loss, _, _ = mixed_loss(seg, dec, masks, torch.ones(2), torch.tensor([True, False]), Objective(1.0))
     loss.backward()
-    assert seg.grad[0].abs().sum() > 0 and seg.grad[1].abs().sum() == 0
+    assert (seg.grad[0] != 0).all()
+    touched = (seg.grad[1, 0] != 0).nonzero().tolist()
+    assert touched == [[2, 3]] and seg.grad[1, 0, 2, 3] < 0
     assert (dec.grad != 0).all()

@@ -14,6 +14,8 @@ import numpy as np
 
 from dagm_defects.data.arrays import ArraySet, load_arrays
 from dagm_defects.data.reader import Sample, has_split, read_index
+from dagm_defects.model_config import training_canvas
+from dagm_defects.placement import Canvas
 from dagm_defects.training.settings import TrainingSettings
 
 
@@ -23,6 +25,8 @@ class DataSplits:
     validation: ArraySet
     test: ArraySet
     test_source: str
+    # Where every set was decoded: image_size, or for "native" sized from the train images.
+    canvas: Canvas
 
     @property
     def classes(self) -> list[int]:
@@ -51,17 +55,17 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
 def prepare_data(settings: TrainingSettings, workers: int) -> DataSplits:
     hp = settings.hyperparameters
     channels = settings.channels
-    size = hp.image_size
     train_root = channels["train"]
     train_samples = read_index(train_root, hp.classes, splits=("Train",))
+    canvas = training_canvas(hp.image_size, hp.space_to_depth, [s.image_path for s in train_samples])
     classes = sorted({s.class_id for s in train_samples})
 
     if "validation" in channels:
-        train = load_arrays(train_samples, size, train_root, "decode train", workers)
+        train = load_arrays(train_samples, canvas, train_root, "decode train", workers)
         val_root = channels["validation"]
-        validation = load_arrays(read_index(val_root, classes), size, val_root, "decode validation", workers)
+        validation = load_arrays(read_index(val_root, classes), canvas, val_root, "decode validation", workers)
     else:
-        everything = load_arrays(train_samples, size, train_root, "decode train", workers)
+        everything = load_arrays(train_samples, canvas, train_root, "decode train", workers)
         train_idx, val_idx = stratified_split(train_samples, hp.validation_fraction, hp.seed)
         train, validation = everything.subset(train_idx), everything.subset(val_idx)
 
@@ -74,6 +78,6 @@ def prepare_data(settings: TrainingSettings, workers: int) -> DataSplits:
     else:
         held_out = ("the validation channel" if "validation" in channels else
                     f"the validation set ({hp.validation_fraction:.0%} of the train channel's Train split, held out)")
-        return DataSplits(train, validation, validation, f"{held_out}: no test channel and no Test split")
-    test = load_arrays(test_samples, size, test_root, "decode test", workers)
-    return DataSplits(train, validation, test, test_source)
+        return DataSplits(train, validation, validation, f"{held_out}: no test channel and no Test split", canvas)
+    test = load_arrays(test_samples, canvas, test_root, "decode test", workers)
+    return DataSplits(train, validation, test, test_source, canvas)

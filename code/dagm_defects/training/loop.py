@@ -29,17 +29,17 @@ def batches(
     indices: np.ndarray,
     batch_size: int,
     rng: np.random.Generator | None = None,
-    synthetic_defects: bool = False,
+    synthetic_share: float = 0.0,
 ) -> Iterator[Batch]:
     """(images N x 1 x H x W uint8, masks N x 1 x H x W uint8, labels N float, has_mask N
-    bool); random horizontal and vertical flips when `rng` is given, and with
-    `synthetic_defects` half of each batch's good images turned into defective ones."""
+    bool); random horizontal and vertical flips when `rng` is given, and that share of
+    each batch's good images turned into synthetic defects."""
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
         images, masks = arrays.images[idx], arrays.masks[idx]
         labels, has_mask = arrays.labels[idx].copy(), arrays.has_mask[idx].copy()
-        if synthetic_defects and rng is not None:
-            chosen = np.flatnonzero((labels == 0) & (rng.random(len(idx)) < 0.5))
+        if synthetic_share and rng is not None:
+            chosen = np.flatnonzero((labels == 0) & (rng.random(len(idx)) < synthetic_share))
             images[chosen], masks[chosen] = paste_anomalies(images[chosen], rng)
             labels[chosen], has_mask[chosen] = 1, True
         if rng is not None:
@@ -86,19 +86,27 @@ class Objective:
 
 
 def mixed_loss(seg_logits, dec_logits, masks, labels, has_mask, objective: Objective):
-    """The segmentation loss over the images whose pixel truth is known (good images have an
-    all-zero mask; a defective image without a mask has none) plus the image-level decision
-    loss on every image, each with its weight. Returns (loss, seg, dec), the last two
-    unweighted and detached."""
+    """The segmentation loss plus the image-level decision loss on every image, each with its
+    weight. Returns (loss, seg, dec), the last two unweighted and detached.
+
+    The segmentation loss is per pixel where the pixel truth is known (a good image's mask
+    is all zero). A defective image labelled at image level has no pixel truth, but one
+    fact: some cell shows the defect. Its term asks that of its most defect-like cell
+    (multiple-instance learning); without it, image-level labels would reach the
+    segmentation network only through the decision head, and on thin scratches a weakly
+    labelled job stayed at chance."""
     per_pixel = F.binary_cross_entropy_with_logits(
         seg_logits.float(),
         segmentation_target(masks, masks.shape[-1] // seg_logits.shape[-1]),
         pos_weight=torch.tensor(objective.seg_pos_weight, device=seg_logits.device),
         reduction="none",
-    )
+    ).mean(dim=(1, 2, 3))
+    strongest = F.binary_cross_entropy_with_logits(
+        seg_logits.float().amax(dim=(1, 2, 3)), torch.ones_like(per_pixel), reduction="none")
     known = has_mask.to(per_pixel.device, torch.float32)
-    # Mean over the known images' pixels; zero (and no gradient) in a batch with none.
-    seg = (per_pixel.mean(dim=(1, 2, 3)) * known).sum() / known.sum().clamp(min=1.0)
+    image_level = (labels > 0.5).float() * (1 - known)
+    counted = (known + image_level).sum().clamp(min=1.0)
+    seg = (per_pixel * known + strongest * image_level).sum() / counted
     dec = F.binary_cross_entropy_with_logits(dec_logits.float(), labels)
     loss = objective.seg_weight * seg + objective.dec_weight * dec
     return loss, seg.detach(), dec.detach()
@@ -172,7 +180,7 @@ def train_one_epoch(
     stop: StopFlag,
     label: str = "epoch",
     monitor: StepMonitor | None = None,
-    synthetic_defects: bool = False,
+    synthetic_share: float = 0.0,
 ) -> EpochStats:
     """`objective(f)` gives the step's loss weights, f the share of the epoch done."""
     model.train()
@@ -181,7 +189,7 @@ def train_one_epoch(
     started = time.perf_counter()
     totals = np.zeros(3)
     seen = 0
-    for batch in batches(arrays, indices, batch_size, rng, synthetic_defects):
+    for batch in batches(arrays, indices, batch_size, rng, synthetic_share):
         if _any_rank_stopping(stop, device.device):
             break
         loss, seg, dec = train_step(model, optimizer, batch, device, objective(seen / max(len(indices), 1)), monitor)

@@ -113,20 +113,21 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
         write_line(f"note: {note}")
     _log(event="data", classes=",".join(map(str, splits.classes)), train_images=len(splits.train),
          train_defective=int(splits.train.labels.sum()), validation_images=len(splits.validation),
-         test_images=len(splits.test), test_source=json.dumps(splits.test_source))
+         test_images=len(splits.test), test_source=json.dumps(splits.test_source),
+         canvas=f"{splits.canvas.height}x{splits.canvas.width}", placement="pad" if splits.canvas.pad else "resize")
     if observer:
         observer.data_ready(splits)
     supervision = resolve_supervision(hp.supervision, splits.train)
     train = training_set(supervision, splits.train)
     # Good-only: the epochs' validation AP is measured on synthetic defects drawn on the
     # held-out good images, so the rules and the curves have something to follow.
-    watched = monitoring_set(splits.validation, hp.seed) if supervision.synthetic_defects else splits.validation
+    watched = monitoring_set(splits.validation, hp.seed) if supervision.mode == "good-only" else splits.validation
     write_line(f"supervision: {supervision.describe()}")
     _log(event="supervision", mode=supervision.mode, requested=supervision.requested, good=supervision.good,
          defective=supervision.defective, masks=supervision.masks, image_level=supervision.image_level,
          empty_masks=supervision.empty_masks)
 
-    config = hp.model_config()
+    config = hp.model_config(splits.canvas)
     model = build_model(config)
     model.segmentation_from_decision = supervision.segmentation_from_decision
     if hp.warm_start:
@@ -142,8 +143,8 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
         _log(event="resumed", epochs_done=state.epochs_done, checkpoint=settings.checkpoint_dir)
     net = DistributedDataParallel(model) if world > 1 else model
 
-    pos_weight = (synthetic_pos_weight(train, config.downsample, hp.seed) if supervision.synthetic_defects
-                  else seg_pos_weight(train, config.downsample))
+    pos_weight = (seg_pos_weight(train, config.downsample) if supervision.masks
+                  else synthetic_pos_weight(train, config.downsample, hp.seed) if supervision.synthetic_share else 1.0)
     val_scores = None
     started = time.monotonic()
     monitor = observer.monitor if observer else None
@@ -159,7 +160,7 @@ def _train(settings: TrainingSettings, stop: StopFlag, device: Device, observer:
             stats = train_one_epoch(net, optimizer, train, indices, hp.batch_size, rng, device,
                                     _objective(supervision, pos_weight, epoch, hp.epochs), stop,
                                     label=f"epoch {epoch + 1}/{hp.epochs}", monitor=monitor,
-                                    synthetic_defects=supervision.synthetic_defects)
+                                    synthetic_share=supervision.synthetic_share)
         except RuleStopped as exc:
             raise RuleStopped(_rule_stop_reason(exc, settings, state)) from None
         if stop.requested:
@@ -250,7 +251,8 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, train, superv
     extra = {"supervision": supervision.to_dict(), "threshold_choice": choice.to_dict(),
              "at_threshold": thresholds.rates_at(test.labels, scores, threshold)}
     if baseline is not None:
-        extra["baseline"] = evaluate_baseline(baseline, test, hp.batch_size, device, settings.decode_workers)
+        extra["baseline"] = evaluate_baseline(baseline, test, hp.batch_size, device, settings.decode_workers,
+                                               splits.canvas)
         _log(event="baseline", baseline_test_ap=_num(extra["baseline"]["overall"]["ap"]))
     summary = write_report(settings.output_data_dir, test.labels, scores, test.class_ids, threshold,
                            test.images, test.masks, seg_maps, [s.key for s in test.samples],
@@ -284,7 +286,7 @@ def _finish(settings: TrainingSettings, model, splits: DataSplits, train, superv
                 "test_accuracy": _num(block["accuracy"]), "n": block["n"], "n_defective": block["n_defective"]})
     if observer:
         record = observer.finished(summary, metrics.curves(test.labels, scores, test.class_ids), settings.model_dir,
-                                   hp.image_size)
+                                   splits.canvas.shape)
         if record["server_run_id"]:
             update_metadata(settings.model_dir, "mlflow", {
                 "run_id": record["run_id"], "experiment": record["experiment"],
