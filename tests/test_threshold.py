@@ -41,16 +41,27 @@ def test_five_lucky_validation_defects_no_longer_set_the_cut():
     assert any("only 5 held-out defective images" in note for note in choice.notes)
 
 
-def test_too_few_held_out_good_images_say_so_and_pool_the_training_images():
+def test_too_few_held_out_good_images_reject_none_of_them_and_say_so():
+    """Fitted training scores never set the cut: among 100 training good images scoring
+    low, a 1 % cut would sit below the held-out tail and reject more unseen parts."""
     labels, scores = np.r_[np.zeros(20), np.ones(12)], np.r_[np.linspace(0, 0.2, 20), np.full(12, 0.95)]
-    assert needs_training_scores(labels, 0.01)
-    assert not needs_training_scores(np.r_[np.zeros(100), np.ones(10)], 0.01)
-    training = (np.r_[np.zeros(100), np.ones(30)], np.r_[np.linspace(0, 0.1, 100), np.full(30, 0.97)])
+    assert not needs_training_scores(labels)
+    assert needs_training_scores(np.r_[np.zeros(100), np.ones(9)]) and needs_training_scores(np.ones(20))
+    choice = choose_threshold((labels, scores), 0.01)
+    assert choice.threshold > 0.2 and choice.at_threshold["false_rejects"] == 0
+    assert choice.source == "held-out validation images"
+    assert choice.notes == ["only 20 held-out good images: too few to resolve a 1.0% false-reject budget, so the "
+                            "threshold rejects none of them (the least they can show is 1 in 21)"]
+
+
+def test_few_held_out_defects_are_checked_with_the_training_defects_but_never_its_good_images():
+    labels, scores = np.r_[np.zeros(200), np.ones(3)], np.r_[np.linspace(0, 0.2, 200), np.full(3, 0.9)]
+    training = (np.r_[np.zeros(500), np.ones(30)], np.r_[np.full(500, 0.01), np.full(30, 0.97)])
     choice = choose_threshold((labels, scores), 0.01, training)
     assert choice.source == "held-out validation images and training images"
-    assert choice.at_threshold["good"] == 120 and choice.at_threshold["defective"] == 42
-    assert choice.notes == ["only 20 held-out good images: too few to resolve a 1.0% false-reject budget; "
-                            "training images joined them"]
+    assert choice.at_threshold["good"] == 200 and choice.at_threshold["defective"] == 33
+    assert choice.at_threshold["false_rejects"] == 2
+    assert choice.notes == ["only 3 held-out defective images: the training images' defects join the recall check"]
 
 
 def test_the_operating_points_trade_false_rejects_for_escapes():

@@ -221,7 +221,7 @@ def _choose_threshold(settings: TrainingSettings, model, splits: DataSplits, tra
     hp = settings.hyperparameters
     held_out = (splits.validation.labels, val_scores)
     fitted = None
-    if thresholds.needs_training_scores(splits.validation.labels, hp.max_false_reject):
+    if thresholds.needs_training_scores(splits.validation.labels):
         fitted = (train.labels, predict_arrays(model, train, hp.batch_size, device)[0])
     choice = thresholds.choose_threshold(held_out, hp.max_false_reject, fitted)
     for note in choice.notes:

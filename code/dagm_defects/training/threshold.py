@@ -10,10 +10,11 @@ unseen good image slightly above the tail is not rejected for nothing. The recal
 it is reported with its count, and a table of other budgets shows the trade-off, for a
 quality engineer who wants another point.
 
-When the held-out set is too small to resolve the budget (fewer good images than
-1 / max_false_reject) or to measure recall (fewer than MIN_DEFECTS defects), training
-images join the pool and the report says so: their scores are fitted, but a cut from 20
-good images cannot mean 1 %.
+Training images are fitted, so their good scores run low: a cut among them would reject
+more unseen good parts than the budget says. Held-out good images alone set it; when they
+are too few to resolve the budget (fewer than 1 / max_false_reject), the cut rejects none
+of them and the report says so. With fewer than MIN_DEFECTS held-out defects, the training
+images' defects join the recall check, said too.
 """
 
 from __future__ import annotations
@@ -86,43 +87,45 @@ class ThresholdChoice:
 
 
 def choose_threshold(validation: tuple[np.ndarray, np.ndarray], max_false_reject: float,
-                     training: tuple[np.ndarray, np.ndarray] | None = None,
-                     defects_kind: str = "held-out") -> ThresholdChoice:
+                     training: tuple[np.ndarray, np.ndarray] | None = None) -> ThresholdChoice:
     """The threshold for `max_false_reject` from (labels, scores) of the held-out images;
     `training` (labels, scores) joins where the held-out set is too small (see
     `needs_training_scores`)."""
     labels, scores = (np.asarray(a) for a in validation)
+    good, defective = scores[labels == 0], scores[labels == 1]
     notes: list[str] = []
-    pools = {"good": labels == 0, "defective": labels == 1}
-    pooled_labels, pooled_scores = labels, scores
     sources = ["held-out validation images"]
+    if good.size < math.ceil(1 / max_false_reject - 1e-9):
+        notes.append(f"only {good.size} held-out good images: too few to resolve a {max_false_reject:.1%} "
+                     f"false-reject budget, so the threshold rejects none of them (the least they can show "
+                     f"is 1 in {good.size + 1})")
     if training is not None:
         t_labels, t_scores = (np.asarray(a) for a in training)
-        pooled_labels = np.concatenate([labels, t_labels])
-        pooled_scores = np.concatenate([scores, t_scores])
+        # Fitted scores flatter the good side, so training good images set the cut only
+        # when no held-out good image exists; their defects only widen the recall check.
+        if good.size == 0:
+            good = t_scores[t_labels == 0]
+            notes.append("no held-out good image: the training images' good scores set the threshold")
+        if defective.size < MIN_DEFECTS:
+            notes.append(f"only {defective.size} held-out defective images: the training images' defects "
+                         "join the recall check")
+            defective = np.concatenate([defective, t_scores[t_labels == 1]])
         sources.append("training images")
-    n_good, n_defective = int(pools["good"].sum()), int(pools["defective"].sum())
-    if n_good < math.ceil(1 / max_false_reject - 1e-9):
-        notes.append(f"only {n_good} held-out good images: too few to resolve a {max_false_reject:.1%} "
-                     "false-reject budget" + ("; training images joined them" if training is not None else ""))
-    if n_defective < MIN_DEFECTS:
-        notes.append(f"only {n_defective} {defects_kind} defective images: recall from so few is not to be trusted"
-                     + ("; training images joined them" if training is not None else ""))
-    threshold = cut_for_budget(pooled_scores[pooled_labels == 0], pooled_scores[pooled_labels == 1],
-                               max_false_reject)
-    points = [{"max_false_reject": b, **_rates(pooled_labels, pooled_scores,
-                                               cut_for_budget(pooled_scores[pooled_labels == 0],
-                                                              pooled_scores[pooled_labels == 1], b))}
+    elif defective.size < MIN_DEFECTS:
+        notes.append(f"only {defective.size} held-out defective images: recall from so few is not to be trusted")
+    checked_labels = np.r_[np.zeros(good.size, np.int64), np.ones(defective.size, np.int64)]
+    checked = np.r_[good, defective]
+    threshold = cut_for_budget(good, defective, max_false_reject)
+    points = [{"max_false_reject": b, **_rates(checked_labels, checked, cut_for_budget(good, defective, b))}
               for b in sorted({*BUDGETS, max_false_reject})]
     return ThresholdChoice(threshold, max_false_reject, " and ".join(sources),
-                           _rates(pooled_labels, pooled_scores, threshold), points, notes)
+                           _rates(checked_labels, checked, threshold), points, notes)
 
 
-def needs_training_scores(labels: np.ndarray, max_false_reject: float) -> bool:
-    """Whether the held-out set is too small for the budget or for the recall check."""
+def needs_training_scores(labels: np.ndarray) -> bool:
+    """Whether the held-out set has no good image or too few defects for the recall check."""
     labels = np.asarray(labels)
-    return (int((labels == 0).sum()) < math.ceil(1 / max_false_reject - 1e-9)
-            or int((labels == 1).sum()) < MIN_DEFECTS)
+    return not (labels == 0).any() or int((labels == 1).sum()) < MIN_DEFECTS
 
 
 def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
