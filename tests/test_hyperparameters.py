@@ -12,7 +12,7 @@ from dagm_defects.training.hyperparameters import HyperparameterError, parse_hyp
 
 def test_defaults_when_nothing_is_given():
     hp = parse_hyperparameters({})
-    assert hp.epochs == 10 and hp.classes is None and hp.image_size == (512, 512) and hp.space_to_depth == 2
+    assert hp.epochs == 10 and hp.classes is None and hp.image_size == "native" and hp.space_to_depth == 2
 
 
 @pytest.mark.parametrize("raw", ["0.01", '"0.01"', 0.01])
@@ -67,7 +67,7 @@ def test_image_size_rule_follows_the_stem():
 def test_committed_configurations_parse(name):
     path = Path(__file__).resolve().parents[1] / "local_test" / "hyperparameters" / name
     hp = parse_hyperparameters(json.loads(path.read_text()))
-    assert hp.image_size == (512, 512)
+    assert hp.image_size == {"real-cpu.json": "native", "real-gpu.json": (512, 512)}[name]
 
 
 def test_defaults_are_the_cpu_recipe():

@@ -179,6 +179,7 @@ def test_captured_images_drafted_for_labelling_validate_once_labelled_and_retrai
     retrained = run(local_aws, *RETRAIN, "run", "--profile", profile, "--data", f"s3://{BUCKET}/dagm/",
                     "--endpoint", ENDPOINT, "--role", ROLE, "--training-image", "dagm-defects-train:latest",
                     "--topic", stack["topic"], "--model-package-group", group, "--margin", "1",
+                    "--max-false-reject", "1",
                     "--hyperparameters", json.dumps(TINY_HPS), "--poll-seconds", "0.3", timeout=600)
     assert retrained.returncode == 0, retrained.stdout + retrained.stderr
     outcome = json.loads(s3.get_object(Bucket=BUCKET, Key="processed/profiles-labelled/batch-1.csv.result.json")

@@ -443,7 +443,7 @@ def test_train_stage_trains_gates_and_hands_over_the_model(local_aws, tiny_datas
 
     registered = ["--model-package-group", "stage-models", "--commit", "0123abc"]
     passed = run_stage(local_aws, *common, *registered, "--job-name", "stage-ok", "--min-ap", "0",
-                       "--result", str(tmp_path / "t.json"))
+                       "--max-false-reject", "1", "--result", str(tmp_path / "t.json"))
     assert passed.returncode == 0, passed.stdout + passed.stderr
     result = json.loads((tmp_path / "t.json").read_text())
     assert result["job"] == "stage-ok" and result["model_data"].endswith("stage-ok/output/model.tar.gz")

@@ -206,7 +206,7 @@ def test_a_valid_profile_becomes_a_rolled_out_model_trained_on_old_and_new_data(
     time.sleep(1.1)
     upload(world.url, "profiles/batch-8.csv", profile.encode(), bucket=BUCKET)
     result = world.run_flow("--waiting", f"s3://{BUCKET}/profiles/", "--hyperparameters", json.dumps(hps),
-                            "--warm-start", "--margin", "1.0")
+                            "--warm-start", "--margin", "1.0", "--max-false-reject", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert world.keys("profiles/") == ["profiles/batch-8.csv"]
     # Left for no later test: the drift alarm's test counts on its own profiles alone waiting.
@@ -249,7 +249,7 @@ def test_uploading_a_profile_runs_the_flow_through_eventbridge_and_codebuild(wor
     # The template's own rules, project and buildspec; only the waits are shortened.
     made = run(world.url, sys.executable, str(STACK), "--bucket", BUCKET, "--endpoint", ENDPOINT,
                "--topic", world.topic, "--role", ROLE, "--alarm-period", "10", "--parameter", "BakeSeconds=1",
-               "CanarySteps=50,100", "GateMargin=1.0", "WarmStart=false",
+               "CanarySteps=50,100", "GateMargin=1.0", "MaxFalseReject=1", "WarmStart=false",
                f"RetrainHyperparameters={json.dumps({**TINY_HPS, 'epochs': '1'})}",
                "--variable", "POLL_SECONDS=0.3", "ALARM_PERIOD=10")
     assert made.returncode == 0, made.stdout + made.stderr

@@ -19,9 +19,7 @@ genuine DAGM class 8, good images and synthetic defects alone reached test AP 0.
 The paper's dynamic balancing moves the weight from segmentation to classification over
 the run (λ = progress: segmentation 1 - λ, classification λ), so the decision head learns
 from features that already separate defects. Its weak runs keep a plain sum: there is no
-defect mask for the early, segmentation-heavy part to learn from. Without any defect mask
-our thin segmentation network would learn nothing about defects behind the gradient stop,
-so in weak mode the classification loss trains it too (`segmentation_from_decision`).
+defect mask for the early, segmentation-heavy part to learn from.
 """
 
 from __future__ import annotations
@@ -56,10 +54,6 @@ class Supervision:
     # Defective images trained on their image-level label alone (empty masks included).
     image_level: int
     empty_masks: int
-
-    @property
-    def segmentation_from_decision(self) -> bool:
-        return self.mode == "weak"
 
     @property
     def synthetic_share(self) -> float:
