@@ -31,19 +31,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import subprocess
 import sys
-import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from dagm_defects.data.labels import LabelRow, parse_labels, write_labels
 from dagm_defects.progress import write_line
 from record import add_record_option, report
+from training_job import run_job
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -178,30 +175,14 @@ def counts(rows: list[LabelRow]) -> dict:
 
 
 def train(data: Path, test: Path, work: Path, hyperparameters: dict, name: str) -> tuple[float, str | None]:
-    """Run one job through train_local.sh from an empty /opt/ml, its lines prefixed with
-    `name`; return its wall minutes and, if it failed, its error tail."""
-    shutil.rmtree(work, ignore_errors=True)
+    """Run one job (training_job.run_job); return its wall minutes and, if it failed, its
+    error tail."""
     # NO_DOCKER: the channels are symlinks into the sources, which a container that mounts
-    # only the channel directory could not follow; without Docker train_local.sh runs the same
-    # entry command from .venv.
-    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-           "EXTRA_CHANNELS": f"test={test}", "NO_DOCKER": "1"}
-    tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
-    started = time.monotonic()
-    job = subprocess.Popen(
-        [str(REPO / "local_test" / "train_local.sh"), str(data), str(work), json.dumps(hyperparameters)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    for line in job.stdout:
-        write_line(f"[{name}] {line.rstrip()}")
-        tail.append(line.rstrip())
-    code = job.wait()
-    minutes = (time.monotonic() - started) / 60
-    if not code:
-        return minutes, None
-    failure = work / "output" / "failure"
-    reason = failure.read_text().strip() if failure.exists() else f"exit code {code}"
-    return minutes, "\n".join([reason, "--- last lines of the job ---", *tail])
+    # only the channel directory could not follow.
+    result = run_job(data, work, hyperparameters, name, test, {"NO_DOCKER": "1"}, ERROR_TAIL_LINES)
+    if result.failure is None:
+        return result.minutes, None
+    return result.minutes, "\n".join([result.failure, "--- last lines of the job ---", *result.tail])
 
 
 def rounded(value) -> float | None:

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +41,7 @@ from dagm_defects.training.hyperparameters import parse_hyperparameters
 from dagm_serve.allocator import keep_freed_memory
 from dagm_synth import generate_dataset
 from record import add_record_option, report
+from training_job import run_job
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dagm-real"
@@ -51,25 +50,11 @@ INFERENCE_BATCHES = (8, 16)
 
 
 def train(data: Path, work: Path, hyperparameters: dict, name: str, test: Path | None = None) -> float:
-    """Run one job through train_local.sh, its lines prefixed with `name`; return its wall
-    minutes. `test` becomes the job's test channel. The job starts from an empty /opt/ml:
-    a checkpoint left by an earlier run would resume it instead of training it."""
-    shutil.rmtree(work, ignore_errors=True)
-    # Without a Docker daemon train_local.sh runs the entry command from .venv.
-    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-           "EXTRA_CHANNELS": f"test={test}" if test else ""}
-    started = time.monotonic()
-    job = subprocess.Popen(
-        [str(REPO / "local_test" / "train_local.sh"), str(data), str(work), json.dumps(hyperparameters)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    for line in job.stdout:
-        write_line(f"[{name}] {line.rstrip()}")
-    if job.wait():
-        failure = work / "output" / "failure"
-        reason = failure.read_text().splitlines()[0] if failure.exists() else f"exit code {job.returncode}"
-        raise SystemExit(f"training job {name} failed: {reason}")
-    return (time.monotonic() - started) / 60
+    """Run one job (training_job.run_job); return its wall minutes, or exit naming why it failed."""
+    result = run_job(data, work, hyperparameters, name, test)
+    if result.failure:
+        raise SystemExit(f"training job {name} failed: {result.failure.splitlines()[0]}")
+    return result.minutes
 
 
 def inference_rate(model_dir: Path, images: np.ndarray, batch_size: int, seconds: float = 5.0) -> float:
