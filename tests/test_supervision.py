@@ -169,6 +169,11 @@ def test_dynamic_balancing_moves_weight_from_segmentation_to_classification():
     mixed = resolve_supervision("auto", _arrays([0, 1, 1], [True, True, False]))
     assert mixed.loss_weights(0.0) == (1.0, 0.0) and mixed.loss_weights(1.0) == (0.0, 1.0)
     assert mixed.loss_weights(0.25) == (0.75, 0.25)
+    # Most defects without a mask: the early, segmentation-heavy part would have little to learn.
+    scarce = resolve_supervision("auto", _arrays([0, 1, 1, 1], [True, True, False, False]))
+    assert scarce.mode == "mixed" and scarce.loss_weights(0.0) == (1.0, 1.0)
+    good_only = resolve_supervision("auto", _arrays([0, 0], [True, True]))
+    assert good_only.loss_weights(0.5) == (0.5, 0.5)
     weak = resolve_supervision("auto", _arrays([0, 1], [True, False]))
     assert weak.loss_weights(0.0) == weak.loss_weights(1.0) == (1.0, 1.0)
 

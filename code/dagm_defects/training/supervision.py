@@ -19,7 +19,10 @@ genuine DAGM class 8, good images and synthetic defects alone reached test AP 0.
 The paper's dynamic balancing moves the weight from segmentation to classification over
 the run (λ = progress: segmentation 1 - λ, classification λ), so the decision head learns
 from features that already separate defects. Its weak runs keep a plain sum: there is no
-defect mask for the early, segmentation-heavy part to learn from.
+defect mask for the early, segmentation-heavy part to learn from. So do ours wherever most
+defective images lack a mask: on genuine DAGM class 8 with 3 masks among 84 defective
+images, the balanced run never left chance in 10 epochs (test AP 0.25), while the plain
+sum with no mask at all reached AP 1.000.
 """
 
 from __future__ import annotations
@@ -62,10 +65,16 @@ class Supervision:
             return _SYNTHETIC_ALONE
         return _SYNTHETIC_BESIDE_REAL if self.masks < SCARCE_MASKS else 0.0
 
+    @property
+    def balanced(self) -> bool:
+        """Whether the weight moves from segmentation to classification over the run: only
+        where masks (real, or the synthetic ones of a good-only job) cover most defects."""
+        return self.mode == "good-only" or 2 * self.masks >= self.defective
+
     def loss_weights(self, progress: float) -> tuple[float, float]:
         """(segmentation, classification) weights at `progress` (0 at the first step, 1 at
         the end of the last epoch)."""
-        if self.mode == "weak":
+        if not self.balanced:
             return 1.0, 1.0
         progress = min(max(progress, 0.0), 1.0)
         return 1.0 - progress, progress
@@ -83,7 +92,8 @@ class Supervision:
         return f"{self.mode}: {self.good} good images, {labels}{extra}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "synthetic_share": round(self.synthetic_share, 4), "description": self.describe()}
+        return {**asdict(self), "synthetic_share": round(self.synthetic_share, 4), "balanced": self.balanced,
+                "description": self.describe()}
 
 
 def resolve_supervision(requested: str, train: ArraySet) -> Supervision:
