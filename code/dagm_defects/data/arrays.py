@@ -94,14 +94,16 @@ def _decode_chunk(args):
 
 def load_arrays(
     samples: list[Sample],
-    canvas: Canvas | tuple[int, int],
+    canvas: Canvas | tuple[int, int] | int,
     root: str = "dataset",
     label: str = "decode",
     workers: int | None = None,
     chunk: int = 64,
 ) -> ArraySet:
-    """Decode every sample onto `canvas` (a (height, width) is a plain resize), in `workers`
-    processes, or raise DatasetError with all problems."""
+    """Decode every sample onto `canvas` (a (height, width), or an int for a square, is a
+    plain resize), in `workers` processes, or raise DatasetError with all problems."""
+    if isinstance(canvas, int):
+        canvas = (canvas, canvas)
     canvas = canvas if isinstance(canvas, Canvas) else Canvas(*canvas)
     workers = workers or min(4, os.cpu_count() or 1)
     chunks = [samples[i : i + chunk] for i in range(0, len(samples), chunk)]
