@@ -200,7 +200,7 @@ def train_one_epoch(
         totals += n * np.array(values)
         seen += n
         if monitor:
-            monitor.step_done(values[0])
+            monitor.step_done(loss.item())  # the loss that was backpropagated, NaN and all
         progress.advance(n)
     mean = totals / max(seen, 1)
     return EpochStats(*mean.tolist(), images=seen, seconds=time.perf_counter() - started)
